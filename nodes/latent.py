@@ -1,0 +1,102 @@
+"""LATENT dicts <-> the normalised z that rar_core works on, with the checks that give clear errors.
+
+LATENT samples stay in raw VAE space, like every core node expects (so an official-tier latent
+goes straight into core VAE Decode or KSampler); RAR nodes normalise with the model's codec
+shift/scale on the way in and undo it on the way out. A tag records which codec made the latent,
+so a compact-codec latent is never fed to the official tier (both have 16 channels).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management as mm
+
+from .model import RARHandle
+
+TAG = "rar_latent_format"   # which codec space the samples are in ("rar-compact", "sd3", ...)
+SIZE = "rar_image_size"     # (H, W) of the image before padding, so RAR Latent Decode can crop
+
+
+class RARNodeError(ValueError):
+    """A user-facing problem with the inputs (ComfyUI shows the message on the node)."""
+
+
+def _codec(handle: RARHandle):
+    return handle.config.codec
+
+
+def check_latent(handle: RARHandle, latent: dict) -> torch.Tensor:
+    """Refuse latents from another codec, wrong channel counts and sizes the model cannot patch."""
+    samples = latent["samples"]
+    cfg = _codec(handle)
+    fmt = latent.get(TAG)
+    if samples.ndim != 4:
+        raise RARNodeError(f"RAR works on image latents [B,C,H,W]; got a {samples.ndim}-D latent.")
+    if fmt is not None and fmt != cfg.latent_format:
+        raise RARNodeError(
+            f"This latent was made by the '{fmt}' codec but the RAR model '{handle.name}' works on "
+            f"'{cfg.latent_format}' latents. Encode the image again with this model.")
+    if fmt is None and not handle.official:
+        raise RARNodeError(
+            f"The compact RAR model '{handle.name}' has its own codec: make this latent with "
+            "RAR Latent Encode, not VAE Encode.")
+    if samples.shape[1] != cfg.latent_channels:
+        raise RARNodeError(
+            f"The RAR model '{handle.name}' expects {cfg.latent_channels}-channel latents "
+            f"(SD3.5 VAE for the official tier); got {samples.shape[1]} channels. Use the matching VAE.")
+    mult = handle.config.pixel_multiple // cfg.downsample
+    h, w = samples.shape[-2:]
+    if h < mult or w < mult:
+        raise RARNodeError(
+            f"Latent {w}x{h} is too small for RAR: images must be at least {handle.config.pixel_multiple} px a side.")
+    return samples
+
+
+def to_z(handle: RARHandle, latent: dict, device: torch.device) -> torch.Tensor:
+    """LATENT dict -> normalised z on the compute device, in the model's dtype.
+
+    Sides that are not a multiple of the restorer's patch (e.g. an 8-px multiple from core VAE
+    Encode) are padded by replication; from_z crops back to the input latent's size.
+    """
+    samples = check_latent(handle, latent)
+    cfg = _codec(handle)
+    z = (samples.to(device, torch.float32) - cfg.shift) * cfg.scale
+    mult = handle.config.pixel_multiple // cfg.downsample
+    ph, pw = (-z.shape[-2]) % mult, (-z.shape[-1]) % mult
+    if ph or pw:
+        z = F.pad(z, (0, pw, 0, ph), mode="replicate")
+    return z.to(handle.dtype)
+
+
+def from_z(handle: RARHandle, z: torch.Tensor, like: dict) -> dict:
+    """Normalised z -> LATENT dict on intermediate_device(), cropped to and keeping the keys of `like`."""
+    cfg = _codec(handle)
+    h, w = like["samples"].shape[-2:]
+    out = dict(like)
+    out["samples"] = (z[..., :h, :w].float() / cfg.scale + cfg.shift).to(mm.intermediate_device())
+    out[TAG] = cfg.latent_format
+    return out
+
+
+def pad_images(handle: RARHandle, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """IMAGE [B,H,W,C] -> channels-first [B,3,H',W'] padded (reflect) to the model's pixel multiple."""
+    if images.ndim != 4 or images.shape[-1] < 3:
+        raise RARNodeError(f"Expected an IMAGE batch [B,H,W,3]; got shape {tuple(images.shape)}.")
+    x = images[..., :3].movedim(-1, 1)
+    h, w = x.shape[-2:]
+    mult = handle.config.pixel_multiple
+    if h < mult or w < mult:
+        raise RARNodeError(f"Image {w}x{h} is too small for RAR: both sides must be at least {mult} px.")
+    ph, pw = (-h) % mult, (-w) % mult
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def crop_images(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Channels-first images -> IMAGE [B,H,W,C] on intermediate_device(), cropped to the original size."""
+    if size is not None:
+        x = x[..., : size[0], : size[1]]
+    return x.movedim(1, -1).float().to(mm.intermediate_device())

@@ -1,0 +1,245 @@
+"""The repetition: RAR Loop (rar_core's loop in one node), RAR Iterate (the same loop as graph
+expansion of the stage nodes) and RAR Restore Image (image in, image out).
+
+RAR Loop and RAR Restore Image call rar_core.loop.RAR.run, so they cannot drift from `rar restore`.
+RAR Iterate re-implements only the bookkeeping (which items are still active, the trace); the
+stage nodes it expands call the same rar_core methods run() calls, item for item.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.utils
+from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import GraphBuilder
+
+from ..rar_core import prompts
+from ..rar_core.loop import MODES
+from . import latent as L
+from .model import RARHandle, is_oom
+from .types import CATEGORY, RarModel
+
+ITERATE_MAX_ROUNDS = 32  # expansion overhead grows quadratically with depth (comfyui.md §2.6)
+LOOP_MAX_ROUNDS = 100
+PREVIEW_LATENT_SIDE = 32
+STATE = "rar_iterate_state"  # private key: RAR Iterate's loop state, carried inside the latent dict between rounds  # previews decode a latent pooled to at most this many latent pixels a side
+
+
+def trace_json(rounds: list[int], trace: list[list[dict]]) -> str:
+    """Per-item rounds and per-round records, the same shape `rar restore --trace` writes."""
+    return json.dumps([{"item": i, "rounds": r, "trace": t} for i, (r, t) in enumerate(zip(rounds, trace))], indent=1)
+
+
+def summary(rounds: list[int], trace: list[list[dict]]) -> str:
+    lines = []
+    for i, (r, t) in enumerate(zip(rounds, trace)):
+        steps = ", ".join(f"{d['answer']} -> {'accepted' if d['accepted'] else 'rejected'}" for d in t)
+        lines.append(f"image {i}: {r} round(s) accepted. {steps}")
+    return "\n".join(lines)
+
+
+def preview(handle: RARHandle, z: torch.Tensor):
+    """A cheap preview of the first item for the progress bar: decode a pooled latent (compact) or
+    use SD3's linear latent->RGB factors (official, whose VAE is not ours to run here)."""
+    z0 = z[:1].float()
+    while max(z0.shape[-2:]) > PREVIEW_LATENT_SIDE:
+        z0 = F.avg_pool2d(z0, 2)
+    with torch.inference_mode():
+        if handle.official:
+            fmt = comfy.latent_formats.SD3()
+            raw = fmt.process_out(z0)
+            factors = torch.tensor(fmt.latent_rgb_factors, device=raw.device)
+            bias = torch.tensor(fmt.latent_rgb_factors_bias, device=raw.device)
+            x = (torch.einsum("bchw,cr->brhw", raw, factors) + bias.view(1, 3, 1, 1) + 1) / 2
+        else:
+            x = handle.model.decode(z0)
+    x = (x[0].clamp(0, 1).movedim(0, -1).cpu().numpy() * 255).astype("uint8")
+    return ("JPEG", Image.fromarray(x), 512)
+
+
+def run_loop(handle: RARHandle, z: torch.Tensor, max_rounds: int, steps: int, mode: str, node_id=None):
+    """RAR.run with a ComfyUI progress bar, a preview per round and an interrupt check per round."""
+    pbar = comfy.utils.ProgressBar(max_rounds, node_id=node_id)
+
+    def callback(n, z_now):
+        mm.throw_exception_if_processing_interrupted()
+        pbar.update_absolute(n, max_rounds, preview(handle, z_now))
+
+    with torch.inference_mode():
+        result = handle.model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
+    pbar.update_absolute(max_rounds, max_rounds)
+    return result
+
+
+class RARLoop(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARLoop", display_name="RAR Loop", category=CATEGORY,
+            description="Restore, Assess, Repeat in one node: assess, restore, verify, repeat until the LQA rejects a "
+                        "round or max_rounds. Every image of a batch stops on its own.",
+            inputs=[
+                RarModel.Input("rar_model"), io.Latent.Input("latent"),
+                io.Int.Input("max_rounds", default=4, min=1, max=LOOP_MAX_ROUNDS),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Euler steps per restoration round."),
+                io.Combo.Input("mode", options=list(MODES), default="adaptive",
+                               tooltip="adaptive: re-assess and verify every round; fixed: max_rounds rounds, no "
+                                       "verification; once: assess once, verify every round."),
+            ],
+            outputs=[io.Latent.Output(), io.Int.Output(display_name="rounds"),
+                     io.String.Output(display_name="trace")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, rar_model: RARHandle, latent, max_rounds, steps, mode) -> io.NodeOutput:
+        b, _, h, w = latent["samples"].shape
+        f = rar_model.config.codec.downsample
+        device = rar_model.prepare(2 * b, h * f, w * f)
+        z = L.to_z(rar_model, latent, device)
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        result = run_loop(rar_model, z, max_rounds, steps, mode, node_id)
+        return io.NodeOutput(L.from_z(rar_model, result.latent, latent), max(result.rounds),
+                             trace_json(result.rounds, result.trace),
+                             ui=ui.PreviewText(summary(result.rounds, result.trace)))
+
+
+def _select(latent: dict, idx: list[int]) -> dict:
+    """The active items of a LATENT batch (keys other than samples are per-batch metadata)."""
+    out = dict(latent)
+    out["samples"] = latent["samples"][idx]
+    out.pop("noise_mask", None)
+    out.pop("batch_index", None)
+    return out
+
+
+class RARIterate(io.ComfyNode):
+    """Tail-recursive graph expansion: each round expands RAR Assess -> RAR Restore -> RAR Verify Gate
+    on the still-active items, followed by another RAR Iterate that merges the round's result."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARIterate", display_name="RAR Iterate", category=CATEGORY,
+            description="The RAR loop as a graph: expands the stage nodes once per round, so each stage runs (and is "
+                        f"cached, interrupted and timed) as its own node. At most {ITERATE_MAX_ROUNDS} rounds; use "
+                        "RAR Loop for more.",
+            inputs=[
+                RarModel.Input("rar_model"), io.Latent.Input("latent"),
+                io.Int.Input("max_rounds", default=4, min=1, max=ITERATE_MAX_ROUNDS),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Euler steps per restoration round."),
+                io.Combo.Input("mode", options=list(MODES), default="adaptive"),
+            ],
+            outputs=[io.Latent.Output(), io.Int.Output(display_name="rounds"),
+                     io.String.Output(display_name="trace")],
+            enable_expand=True,
+        )
+
+    @classmethod
+    def execute(cls, rar_model: RARHandle, latent, max_rounds, steps, mode,
+                round_latent=None, round_answer=None, round_verdict=None, round_assessment=None) -> io.NodeOutput:
+        """Round inputs arrive as links from the previous expansion (undeclared inputs that are links are
+        resolved by the executor); the loop state rides along in the latent dict under STATE."""
+        if mode not in MODES:
+            raise L.RARNodeError(f"mode must be one of {MODES}, got {mode!r}")
+        max_rounds = min(max_rounds, ITERATE_MAX_ROUNDS)
+        latent = dict(latent)
+        state = latent.pop(STATE, None)
+        if state is None:
+            b = L.check_latent(rar_model, latent).shape[0]
+            state = {"round": 0, "active": list(range(b)), "rounds": [0] * b, "trace": [[] for _ in range(b)],
+                     "assessment": None}
+        else:
+            latent, state = cls._merge(latent, state, round_latent, round_answer, round_verdict, round_assessment, mode)
+        if not state["active"] or state["round"] >= max_rounds:
+            return io.NodeOutput(latent, max(state["rounds"]), trace_json(state["rounds"], state["trace"]),
+                                 ui=ui.PreviewText(summary(state["rounds"], state["trace"])))
+
+        g = GraphBuilder()
+        sub = _select(latent, state["active"])
+        links = {}
+        if mode == "once" and state["assessment"] is not None:
+            assessment = state["assessment"]
+        else:
+            assess = g.node("RARAssess", rar_model=rar_model, latent=sub)
+            assessment = assess.out(0)
+            links.update(round_answer=assess.out(1), round_assessment=assess.out(0))
+        restore = g.node("RARRestore", rar_model=rar_model, latent=sub, assessment=assessment, steps=steps)
+        if mode == "fixed":
+            links["round_latent"] = restore.out(0)
+        else:
+            gate = g.node("RARVerifyGate", rar_model=rar_model, previous=sub, candidate=restore.out(0))
+            links.update(round_latent=gate.out(0), round_verdict=gate.out(2))
+        nxt = g.node("RARIterate", rar_model=rar_model, latent={**latent, STATE: state}, max_rounds=max_rounds,
+                     steps=steps, mode=mode, **links)
+        return io.NodeOutput(nxt.out(0), nxt.out(1), nxt.out(2), expand=g.finalize())
+
+    @staticmethod
+    def _merge(latent, state, round_latent, round_answer, round_verdict, round_assessment, mode):
+        """Fold one round into the full batch, exactly as RAR.run does: accepted items take the new
+        latent and stay active, rejected items keep theirs and stop."""
+        n = state["round"] + 1
+        k = len(state["active"])
+        assessment = state["assessment"] if state["assessment"] is not None else round_assessment
+        answers = round_answer.split("\n") if round_answer is not None else list(assessment.answer)
+        verdicts = round_verdict.split("\n") if round_verdict is not None else ["not verified"] * k
+        samples = latent["samples"].clone()
+        rounds = list(state["rounds"])
+        trace = [list(t) for t in state["trace"]]
+        still = []
+        for j, i in enumerate(state["active"]):
+            ok = mode == "fixed" or prompts.REJECT not in verdicts[j]
+            trace[i].append({"round": n, "answer": answers[j], "verdict": verdicts[j], "accepted": ok})
+            if ok:
+                samples[i] = round_latent["samples"][j].to(samples.device)
+                rounds[i] += 1
+                still.append(j)
+        out = dict(latent)
+        out["samples"] = samples
+        out[L.TAG] = round_latent.get(L.TAG, latent.get(L.TAG))
+        return out, {"round": n, "active": [state["active"][j] for j in still], "rounds": rounds, "trace": trace,
+                     "assessment": assessment.select(still) if mode == "once" else None}
+
+
+class RARRestoreImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARRestoreImage", display_name="RAR Restore Image", category=CATEGORY,
+            description="Image in, restored image out: encode, RAR loop, decode in one node. Pads odd sizes and crops "
+                        "back; falls back to tiles when the image does not fit in memory.",
+            inputs=[
+                RarModel.Input("rar_model"), io.Image.Input("image"),
+                io.Int.Input("max_rounds", default=4, min=1, max=LOOP_MAX_ROUNDS),
+                io.Int.Input("steps", default=4, min=1, max=50),
+                io.Combo.Input("mode", options=list(MODES), default="adaptive"),
+                io.Vae.Input("vae", optional=True, tooltip="The SD3.5 VAE; only for the official tier."),
+            ],
+            outputs=[io.Image.Output(), io.String.Output(display_name="trace")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, rar_model: RARHandle, image, max_rounds, steps, mode, vae=None) -> io.NodeOutput:
+        from .stages import RARLatentDecode, RARLatentEncode
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        latent = RARLatentEncode.execute(rar_model, image, vae)[0]
+        b, _, h, w = latent["samples"].shape
+        f = rar_model.config.codec.downsample
+        device = rar_model.prepare(2 * b, h * f, w * f)
+        z = L.to_z(rar_model, latent, device)
+        result = run_loop(rar_model, z, max_rounds, steps, mode, node_id)
+        restored = L.from_z(rar_model, result.latent, latent)
+        if rar_model.official:
+            x = vae.decode(restored["samples"]).movedim(-1, 1)
+            out = L.crop_images(x, restored.get(L.SIZE))
+        else:
+            out = RARLatentDecode.execute(rar_model, restored)[0]
+        return io.NodeOutput(out, trace_json(result.rounds, result.trace),
+                             ui=ui.PreviewText(summary(result.rounds, result.trace)))

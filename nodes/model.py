@@ -1,0 +1,113 @@
+"""The RAR_MODEL handle, the models/rar folder and the device discipline every node shares.
+
+ComfyUI owns memory: the handle wraps the RAR module in a ModelPatcher, nodes call
+`prepare()` (load_models_gpu with an estimate from the input size) before every forward and
+return tensors on intermediate_device(). There is no module-level model cache; the loader
+node's cached output is the only reference ComfyUI keeps.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+
+FOLDER = "rar"
+BUILTIN = "rar-compact (built-in)"
+
+
+def register_folder():
+    """Register models/rar, keeping paths from extra_model_paths.yaml and the .pt/.safetensors filter.
+
+    add_model_folder_path alone would give a new folder an empty filter (every file listed).
+    """
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    paths, _ = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    paths = list(paths)
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(folder_paths.supported_pt_extensions))
+
+
+def model_choices() -> list[str]:
+    """Files in models/rar, with the packaged compact model first when its weights exist."""
+    from ..rar_core import checkpoint
+    files = folder_paths.get_filename_list(FOLDER)
+    return ([BUILTIN] if checkpoint.builtin_available() else []) + list(files)
+
+
+def model_path(name: str) -> str:
+    """Resolve a combo value to a file, with errors that say where to put the file."""
+    from ..rar_core import checkpoint
+    if name == BUILTIN:
+        return checkpoint.default_model_path()
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None:
+        raise FileNotFoundError(
+            f"RAR model '{name}' not found in {folder_paths.get_folder_paths(FOLDER)}. "
+            f"Put .safetensors files in ComfyUI/models/{FOLDER} (or a 'rar:' entry of extra_model_paths.yaml).")
+    return path
+
+
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 where the device supports it well, else fp32 (fp16 can overflow the LM)."""
+    if DTYPES.get(choice) is not None:
+        return DTYPES[choice]
+    if device.type != "cpu" and mm.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def is_oom(err: BaseException) -> bool:
+    """True for real out-of-memory errors only (mm.OOM_EXCEPTION is plain Exception on CPU builds)."""
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(err, oom)) or "out of memory" in str(err).lower()
+
+
+class RARHandle:
+    """What a RAR_MODEL socket carries: the RAR module, its ModelPatcher and its file name."""
+
+    def __init__(self, model: torch.nn.Module, name: str):
+        self.model = model.eval()
+        self.name = name
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            self.model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def official(self) -> bool:
+        """The official tier has no codec of its own: it works on the user's SD3.5 VAE latents."""
+        return self.model.codec is None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def estimate_memory(self, batch: int, height: int, width: int) -> int:
+        """Activation bytes for a batch of images of height x width pixels (weights not included).
+
+        Measured on the compact model at fp32: about 6 KiB per pixel across codec, LQA and UIR;
+        scaled by the restorer width so the official tier asks for proportionally more.
+        """
+        per_pixel = 6 * 1024 * max(1.0, self.config.uir.width / 192)
+        elem = torch.finfo(self.dtype).bits // 8
+        return int(batch * height * width * per_pixel * elem / 4)
+
+    def prepare(self, batch: int, height: int, width: int) -> torch.device:
+        """Ask ComfyUI to load the weights (evicting other models if needed) and return the device.
+
+        force_full_load because rar_core is built from plain torch.nn layers, which ModelPatcher
+        cannot partially load (only comfy.ops layers cast on the fly).
+        """
+        mm.load_models_gpu([self.patcher], memory_required=self.estimate_memory(batch, height, width),
+                           force_full_load=True)
+        return self.patcher.load_device

@@ -1,0 +1,232 @@
+"""One node per RAR stage: load, encode, assess (LQA identify), restore (UIR), verify (LQA compare), decode.
+
+Each node is a thin adapter: check inputs, prepare() the model, one call into rar_core, return
+on intermediate_device(). rar_core.loop is the only place that knows the order of the stages.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management as mm
+from comfy_api.latest import io, ui
+
+from ..rar_core import checkpoint
+from . import latent as L
+from .model import DTYPES, RARHandle, model_choices, model_path, pick_dtype
+from .types import CATEGORY, RarAssessment, RarModel
+
+
+def assessment_to(assessment, device):
+    """Move an Assessment's tensors (hidden, mask) to a device; answers stay as they are."""
+    import dataclasses
+    moved = {f.name: getattr(assessment, f.name) for f in dataclasses.fields(assessment)}
+    moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in moved.items()}
+    return type(assessment)(**moved)
+
+
+def all_clean(assessment) -> bool:
+    """True when the LQA called every item clean: restoring it would be wasted work."""
+    return all(a.strip().lower().startswith("clean") for a in assessment.answer)
+
+
+class RARModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARModelLoader", display_name="RAR Model Loader", category=CATEGORY,
+            description="Loads a RAR model (LQA assessor + UIR restorer) from models/rar, or the built-in compact model.",
+            inputs=[
+                io.Combo.Input("model_name", options=model_choices(), tooltip="A file in models/rar."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="auto: bf16 on GPUs that support it, else fp32."),
+            ],
+            outputs=[RarModel.Output(display_name="rar_model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name, dtype):
+        # V3 combos are not checked server-side: fail at validation, not halfway through a run.
+        if model_name not in model_choices():
+            return f"RAR model '{model_name}' is not in models/rar (found: {model_choices() or 'none'})."
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, dtype):
+        """Reload when the file on disk changes, not only when the name does."""
+        try:
+            st = os.stat(model_path(model_name))
+            return (model_name, dtype, st.st_mtime, st.st_size)
+        except (OSError, FileNotFoundError):
+            return (model_name, dtype)
+
+    @classmethod
+    def execute(cls, model_name, dtype) -> io.NodeOutput:
+        path = model_path(model_name)
+        try:
+            model = checkpoint.load_rar(path, device=mm.unet_offload_device(),
+                                        dtype=pick_dtype(dtype, mm.get_torch_device()))
+        except checkpoint.CheckpointError as e:
+            raise L.RARNodeError(f"Cannot load RAR model '{model_name}': {e}") from None
+        return io.NodeOutput(RARHandle(model, model_name))
+
+
+class RARLatentEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARLatentEncode", display_name="RAR Latent Encode", category=CATEGORY,
+            description="Encodes an image for RAR: the compact model uses its own codec, the official tier the SD3.5 VAE. "
+                        "Odd sizes are padded and cropped back by RAR Latent Decode.",
+            inputs=[
+                RarModel.Input("rar_model"),
+                io.Image.Input("image"),
+                io.Vae.Input("vae", optional=True, tooltip="The SD3.5 VAE; only for the official tier."),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, rar_model: RARHandle, image, vae=None) -> io.NodeOutput:
+        x, size = L.pad_images(rar_model, image)
+        cfg = rar_model.config.codec
+        if rar_model.official:
+            if vae is None:
+                raise L.RARNodeError("The official RAR tier has no codec of its own: connect the SD3.5 VAE.")
+            if getattr(vae, "latent_channels", None) != cfg.latent_channels:
+                raise L.RARNodeError(
+                    f"This VAE makes {getattr(vae, 'latent_channels', '?')}-channel latents; the RAR model "
+                    f"'{rar_model.name}' needs the SD3.5 VAE ({cfg.latent_channels} channels).")
+            raw = vae.encode(x.movedim(1, -1))
+            out = {"samples": raw.to(mm.intermediate_device())}
+        else:
+            device = rar_model.prepare(*x.shape[:1], *x.shape[-2:])
+            with torch.inference_mode():
+                z = rar_model.model.encode(x.to(device, rar_model.dtype))
+            out = L.from_z(rar_model, z, {"samples": z})
+        out[L.TAG] = cfg.latent_format
+        out[L.SIZE] = size
+        return io.NodeOutput(out)
+
+
+class RARAssess(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARAssess", display_name="RAR Assess", category=CATEGORY,
+            description="LQA identification (paper Sec. 3.1): names the main degradation of each image in the latent.",
+            inputs=[RarModel.Input("rar_model"), io.Latent.Input("latent")],
+            outputs=[RarAssessment.Output(display_name="assessment"),
+                     io.String.Output(display_name="degradation")],
+        )
+
+    @classmethod
+    def execute(cls, rar_model: RARHandle, latent) -> io.NodeOutput:
+        b, _, h, w = latent["samples"].shape
+        f = rar_model.config.codec.downsample
+        device = rar_model.prepare(b, h * f, w * f)
+        z = L.to_z(rar_model, latent, device)
+        with torch.inference_mode():
+            assessment = rar_model.model.assess(z)
+        text = "\n".join(assessment.answer)
+        return io.NodeOutput(assessment_to(assessment, mm.intermediate_device()), text, ui=ui.PreviewText(text))
+
+
+class RARRestore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARRestore", display_name="RAR Restore", category=CATEGORY,
+            description="One UIR restoration pass (paper Sec. 3.2): K Euler steps of the degraded-to-clean flow, "
+                        "conditioned on the assessment.",
+            inputs=[
+                RarModel.Input("rar_model"), io.Latent.Input("latent"), RarAssessment.Input("assessment"),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Euler steps of this pass."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, rar_model: RARHandle, latent, assessment, steps, seed) -> io.NodeOutput:
+        b, _, h, w = latent["samples"].shape
+        if len(assessment.answer) != b:
+            raise L.RARNodeError(f"The assessment is for {len(assessment.answer)} images but the latent holds {b}.")
+        f = rar_model.config.codec.downsample
+        device = rar_model.prepare(b, h * f, w * f)
+        z = L.to_z(rar_model, latent, device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        with torch.inference_mode():
+            z_new = rar_model.model.restore(z, assessment_to(assessment, device), steps, generator)
+        return io.NodeOutput(L.from_z(rar_model, z_new, latent))
+
+
+class RARVerifyGate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARVerifyGate", display_name="RAR Verify Gate", category=CATEGORY,
+            description="LQA comparison (paper Sec. 3.3): keeps the candidate where the LQA prefers it, else the previous "
+                        "latent. Given an assessment that calls every image clean, the candidate (and the restore that "
+                        "makes it) is never computed.",
+            inputs=[
+                RarModel.Input("rar_model"),
+                io.Latent.Input("previous", lazy=True),
+                io.Latent.Input("candidate", lazy=True),
+                RarAssessment.Input("assessment", optional=True,
+                                    tooltip="The assessment of `previous`; lets the gate skip clean images."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent"), io.Boolean.Output(display_name="improved"),
+                     io.String.Output(display_name="verdict")],
+        )
+
+    @classmethod
+    def check_lazy_status(cls, rar_model, previous=None, candidate=None, assessment=None):
+        if assessment is not None and all_clean(assessment):
+            return ["previous"] if previous is None else []
+        return [name for name, v in (("previous", previous), ("candidate", candidate)) if v is None]
+
+    @classmethod
+    def execute(cls, rar_model: RARHandle, previous, candidate=None, assessment=None) -> io.NodeOutput:
+        if candidate is None:  # everything was clean: nothing to compare
+            b = previous["samples"].shape[0]
+            return io.NodeOutput(previous, False, "\n".join(["clean: kept"] * b))
+        if candidate["samples"].shape != previous["samples"].shape:
+            raise L.RARNodeError(f"Candidate {tuple(candidate['samples'].shape)} and previous "
+                                 f"{tuple(previous['samples'].shape)} latents differ in shape.")
+        b, _, h, w = previous["samples"].shape
+        f = rar_model.config.codec.downsample
+        device = rar_model.prepare(2 * b, h * f, w * f)
+        z_prev = L.to_z(rar_model, previous, device)
+        z_new = L.to_z(rar_model, candidate, device)
+        with torch.inference_mode():
+            improved, verdict = rar_model.model.verify(z_new, z_prev)
+        keep = improved.to(device).view(-1, 1, 1, 1)
+        z = torch.where(keep, z_new, z_prev)
+        text = "\n".join(verdict)
+        return io.NodeOutput(L.from_z(rar_model, z, previous), bool(improved.any()), text)
+
+
+class RARLatentDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RARLatentDecode", display_name="RAR Latent Decode", category=CATEGORY,
+            description="Decodes a compact-model latent with its codec. Official-tier latents decode with core VAE Decode.",
+            inputs=[RarModel.Input("rar_model"), io.Latent.Input("latent")],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(cls, rar_model: RARHandle, latent) -> io.NodeOutput:
+        if rar_model.official:
+            raise L.RARNodeError("The official RAR tier decodes with the SD3.5 VAE: use core VAE Decode.")
+        b, _, h, w = latent["samples"].shape
+        f = rar_model.config.codec.downsample
+        device = rar_model.prepare(b, h * f, w * f)
+        z = L.to_z(rar_model, latent, device)
+        with torch.inference_mode():
+            x = rar_model.model.decode(z)
+        x = x[..., : h * f, : w * f]
+        return io.NodeOutput(L.crop_images(x, latent.get(L.SIZE)))
