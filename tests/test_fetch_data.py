@@ -1,0 +1,150 @@
+"""Tests for the network-free parts of scripts/fetch_data.py: pins, sha checks, groups, manifest."""
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+_PATH = Path(__file__).resolve().parent.parent / "scripts" / "fetch_data.py"
+_spec = importlib.util.spec_from_file_location("fetch_data", _PATH)
+fd = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("fetch_data", fd)  # dataclasses look their module up
+_spec.loader.exec_module(fd)
+
+
+def test_pins_are_complete_and_disjoint():
+    seen = set()
+    for src in fd.SOURCES:
+        assert src.kind in ("deb", "wheel") and len(src.archive_sha256) == 64
+        assert src.version and src.package
+        if src.kind == "wheel":
+            assert src.wheel_file.endswith(".whl") and src.version in src.wheel_file
+        for it in src.items:
+            assert len(it.sha256) == 64 and int(it.sha256, 16) >= 0
+            assert it.split in ("train", "eval", "real")
+            rel = fd.rel_path(src, it)
+            assert rel not in seen
+            seen.add(rel)
+    splits = {it.split: src.key for src in fd.SOURCES for it in src.items}
+    assert splits
+    # Evaluation photos come only from the wheels; training only from the Debian packages.
+    for src in fd.SOURCES:
+        for it in src.items:
+            if it.split == "eval":
+                assert src.kind == "wheel"
+            if it.split == "train":
+                assert src.kind == "deb"
+    counts = {s: sum(it.split == s for src in fd.SOURCES for it in src.items)
+              for s in ("train", "eval", "real")}
+    assert counts["train"] >= 40 and counts["eval"] >= 10
+
+
+def test_sha_check_failure_is_clear(tmp_path):
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"hello")
+    good = fd.sha256_file(f)
+    fd.check_sha256(f, good)                               # passes silently
+    with pytest.raises(fd.FetchError) as e:
+        fd.check_sha256(f, "0" * 64, "pkg 1.0 wheel")
+    msg = str(e.value)
+    assert "sha256 mismatch" in msg and "pkg 1.0 wheel" in msg and good in msg and "0" * 64 in msg
+
+
+def test_family_key():
+    assert fd.family_key("aloeL.jpg") == fd.family_key("aloeR.jpg") == "aloe"
+    assert fd.family_key("leuvenA.jpg") == fd.family_key("leuvenB.jpg")
+    assert fd.family_key("graf1.png") == fd.family_key("graf3.png") == "graf"
+    assert fd.family_key("left.jpg") == fd.family_key("right.jpg")
+    assert fd.family_key("motorcycle_left.png") == fd.family_key("motorcycle_right.png")
+    assert fd.family_key("I03.bmp") != fd.family_key("I04.bmp")     # Kodak stays separate
+    assert fd.family_key("Storm.jpg") == "storm"
+
+
+def _img(seed, size=64):
+    rng = np.random.default_rng(seed)
+    a = rng.random((8, 8, 3)).repeat(size // 8, 0).repeat(size // 8, 1)
+    return Image.fromarray((a * 255).astype(np.uint8))
+
+
+def test_dhash_near_duplicates_and_groups():
+    a, b = _img(0), _img(1)
+    a_jpeg = Image.open(io.BytesIO(_jpeg_bytes(a)))
+    assert fd.hamming(fd.dhash(a), fd.dhash(a_jpeg)) <= fd.NEAR_DUP_BITS
+    assert fd.hamming(fd.dhash(a), fd.dhash(b)) > fd.NEAR_DUP_BITS
+    hexlen = fd.DHASH_SIZE * fd.DHASH_SIZE // 4
+    entries = [
+        {"file": "train/x/aloeL.jpg", "source": "x", "split": "train"},
+        {"file": "train/x/aloeR.jpg", "source": "x", "split": "train"},
+        {"file": "train/x/other.jpg", "source": "x", "split": "train",
+         "dhash": f"{fd.dhash(a):0{hexlen}x}"},
+        {"file": "eval/y/copy.png", "source": "y", "split": "eval",
+         "dhash": f"{fd.dhash(a_jpeg):0{hexlen}x}"},
+        {"file": "eval/y/new.png", "source": "y", "split": "eval",
+         "dhash": f"{fd.dhash(b):0{hexlen}x}"},
+    ]
+    fd.assign_groups(entries)
+    g = [e["group"] for e in entries]
+    assert g[0] == g[1] and g[2] == g[3] and len(set(g)) == 3
+    assert fd.split_conflicts(entries) == [g[2]]            # the train/eval near-duplicate
+
+
+def _jpeg_bytes(im):
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def test_manifest_roundtrip(tmp_path):
+    entries = [{"file": "train/a/b.jpg", "split": "train", "source": "a", "sha256": "1" * 64},
+               {"file": "eval/c/d.png", "split": "eval", "source": "c", "sha256": "2" * 64}]
+    m = fd.build_manifest(entries)
+    assert m["counts"] == {"eval": 1, "train": 1}
+    assert [e["split"] for e in m["images"]] == ["eval", "train"]
+    path = fd.write_manifest(tmp_path, m)
+    assert path.name == fd.MANIFEST_NAME and fd.load_manifest(tmp_path) == json.loads(path.read_text())
+    with pytest.raises(fd.FetchError, match="no manifest"):
+        fd.load_manifest(tmp_path / "missing")
+
+
+def test_extract_wheel_and_missing_member(tmp_path):
+    whl = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("pkg/data/a.png", b"AAA")
+    fd.extract_wheel(whl, {"pkg/data/a.png": tmp_path / "out" / "a.png"})
+    assert (tmp_path / "out" / "a.png").read_bytes() == b"AAA"
+    with pytest.raises(fd.FetchError, match="lacks"):
+        fd.extract_wheel(whl, {"pkg/data/missing.png": tmp_path / "out" / "m.png"})
+
+
+def test_extract_deb_without_dpkg(tmp_path, monkeypatch):
+    """The ar fallback reads data.tar.* directly, so extraction works off Debian too."""
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w:xz") as t:
+        info = tarfile.TarInfo("./usr/share/x/img.jpg")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"JPG"))
+    data = payload.getvalue()
+    deb = tmp_path / "x_1.0_all.deb"
+    with open(deb, "wb") as f:
+        f.write(b"!<arch>\n")
+        for name, body in ((b"debian-binary", b"2.0\n"), (b"data.tar.xz", data)):
+            f.write(name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6)
+                    + b"100644".ljust(8) + str(len(body)).encode().ljust(10) + b"`\n")
+            f.write(body + (b"\n" if len(body) % 2 else b""))
+    monkeypatch.setattr(fd.shutil, "which", lambda name: None)
+    fd.extract_deb(deb, {"./usr/share/x/img.jpg": tmp_path / "img.jpg"})
+    assert (tmp_path / "img.jpg").read_bytes() == b"JPG"
+    with pytest.raises(fd.FetchError, match="lacks"):
+        fd.extract_deb(deb, {"./usr/share/x/none.jpg": tmp_path / "none.jpg"})
+
+
+def test_verify_only_reports_missing(tmp_path):
+    with pytest.raises(fd.FetchError, match="missing or corrupt"):
+        fd.fetch(tmp_path, verify_only=True, log=lambda *_: None)
+    assert fd.main(["--out", str(tmp_path), "--verify-only"]) == 1
