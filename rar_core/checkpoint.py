@@ -1,0 +1,165 @@
+"""One safetensors file per RAR model, with everything needed to rebuild it in its metadata.
+
+Keys are the RAR module's own state_dict names (codec.vae.*, lqa.A_I.*, lqa.vision_proj.*,
+lqa.lm.*, connector.*, uir.transformer.*). Metadata: format, format_version, config (JSON),
+latent_format, labels (JSON), tokenizer (tokenizer.json text). Loading checks keys, shapes and
+dtypes before touching the model and says exactly what is wrong. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import prompts
+from .config import RARConfig
+from .lqa import tokenizer_from_json, word_tokenizer
+from .loop import RAR
+
+FORMAT = "comfyui-rar"
+FORMAT_VERSION = 1
+BUILTIN = Path(__file__).parent / "weights" / "rar-compact.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used, with the reason and what to do about it."""
+
+
+def builtin_available() -> bool:
+    return BUILTIN.is_file()
+
+
+def default_model_path() -> Path:
+    """The packaged compact model, or a clear error while it is not shipped."""
+    if not BUILTIN.is_file():
+        raise FileNotFoundError(
+            f"the built-in compact RAR model is not installed ({BUILTIN} is missing). "
+            "Train it with `rar train` (see README) or pass --model PATH to a RAR .safetensors file."
+        )
+    return BUILTIN
+
+
+def build_model(config: RARConfig, tokenizer_json: str | None = None, seed: int | None = None, with_codec: bool | None = None) -> RAR:
+    """A RAR with freshly initialised weights (seeded) and its tokenizer attached."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = RAR(config, with_codec=with_codec)
+    attach_tokenizer(model, tokenizer_json)
+    return model
+
+
+def attach_tokenizer(model: RAR, tokenizer_json: str | None) -> None:
+    if tokenizer_json is None:
+        tok = word_tokenizer(prompts.all_text() + list(model.config.labels))
+    else:
+        tok = tokenizer_from_json(tokenizer_json)
+    if len(tok) > model.config.lm.vocab_size:
+        raise CheckpointError(f"tokenizer has {len(tok)} tokens but the LM vocabulary is {model.config.lm.vocab_size}")
+    model.lqa.tokenizer = tok
+
+
+def save_rar(model: RAR, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": model.config.to_json(),
+        "latent_format": model.config.codec.latent_format,
+        "labels": json.dumps(list(model.config.labels)),
+        "has_codec": str(model.codec is not None).lower(),
+    }
+    if model.lqa.tokenizer is not None:
+        meta["tokenizer"] = model.lqa.tokenizer.tokenizer_json
+    meta.update(extra or {})
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)  # never leave a half-written model under the real name
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for truncated / garbage files
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({e}); it is truncated or corrupt: download or convert it again") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path.name} is not a comfyui-rar model (metadata 'format' is {meta.get('format')!r}). "
+            "Official RAR release files must be converted first: `rar convert RELEASE_DIR -o model.safetensors`."
+        )
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        version = 0
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.name} has format version {meta.get('format_version')!r}, this comfyui-rar reads version "
+            f"{FORMAT_VERSION}; update the pack or re-convert the model"
+        )
+    return meta
+
+
+def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> RAR:
+    """Load and validate a RAR model file. Raises CheckpointError naming every problem found."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        config = RARConfig.from_json(meta["config"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path.name}: unreadable config metadata ({e})") from e
+    with_codec = meta.get("has_codec", "true") == "true"
+    with torch.device("meta"):
+        model = RAR(config, with_codec=with_codec)
+    expected = model.state_dict()
+
+    problems = []
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        missing = sorted(set(expected) - keys)
+        unexpected = sorted(keys - set(expected))
+        if missing:
+            problems.append(f"{len(missing)} missing tensors (first: {', '.join(missing[:5])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensors (first: {', '.join(unexpected[:5])})")
+        for k in sorted(keys & set(expected)):
+            sl = f.get_slice(k)
+            shape = tuple(sl.get_shape())
+            if shape != tuple(expected[k].shape):
+                problems.append(f"{k}: shape {shape}, expected {tuple(expected[k].shape)}")
+            if sl.get_dtype() not in ("F32", "F16", "BF16"):
+                problems.append(f"{k}: dtype {sl.get_dtype()}, expected a float type (F32, F16, BF16)")
+        if problems:
+            raise CheckpointError(f"{path.name} does not match its config ({config.name}): " + "; ".join(problems[:12]))
+        try:
+            state = {k: f.get_tensor(k) for k in keys}
+        except Exception as e:
+            raise CheckpointError(f"{path.name}: tensor data unreadable ({e}); the file is truncated or corrupt") from e
+
+    model.load_state_dict(state, assign=True)
+    _rebuild_nonpersistent_buffers(model)
+    model.to(device)
+    if dtype is not None:
+        model.to(dtype)
+    attach_tokenizer(model, meta.get("tokenizer"))
+    return model.eval()
+
+
+def _rebuild_nonpersistent_buffers(model: RAR) -> None:
+    """Buffers that are computed, not stored (Llama's rotary inv_freq), are rebuilt for real."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    lm = model.lqa.lm.model
+    lm.rotary_emb = LlamaRotaryEmbedding(config=lm.config)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"model tensors left uninitialised after loading: {left[:5]}")

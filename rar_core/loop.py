@@ -1,0 +1,232 @@
+"""The Restore-Assess-Repeat loop (Sec. 5.5-5.7) and the model that owns its four parts.
+
+    z_deg = E(x) -> [ LQA.identify(z) -> A_Q -> UIR: K Euler steps -> z_new
+                      -> LQA.compare(A = z_new, B = z) -> accept, or roll back and stop ] x N
+    -> D(z)
+
+This file is the only place that knows the order; the CLI and the ComfyUI nodes call it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import prompts
+from .codec import LatentCodec
+from .config import RARConfig
+from .connector import QualityAdapter
+from .lqa import LQA, Answer
+from .uir import FlowEuler, Restorer
+
+MODES = ("adaptive", "fixed", "once")
+
+
+class LatentError(ValueError):
+    """A latent this model cannot read (wrong channels, size, NaNs)."""
+
+
+@dataclass
+class Assessment:
+    """LQA output for a batch: the named degradation and the hidden states A_Q reads."""
+
+    answer: list[str]
+    hidden: list[torch.Tensor]
+
+    def select(self, idx: list[int]) -> "Assessment":
+        return Assessment([self.answer[i] for i in idx], [self.hidden[i] for i in idx])
+
+
+@dataclass
+class LoopResult:
+    latent: torch.Tensor
+    rounds: list[int]  # accepted restorations per item
+    trace: list[list[dict]] = field(default_factory=list)  # per item, per round
+
+
+class RAR(nn.Module):
+    """codec (None for the official tier: the SD3.5 VAE lives outside), lqa, connector (A_Q), uir."""
+
+    def __init__(self, config: RARConfig, with_codec: bool | None = None):
+        super().__init__()
+        self.config = config
+        c = config.codec.latent_channels
+        if with_codec is None:
+            with_codec = config.codec.latent_format != "sd3"
+        self.codec = LatentCodec(config.codec) if with_codec else None
+        self.lqa = LQA(config.adapter, config.lm, c)
+        self.connector = QualityAdapter(config.connector, config.lm.hidden_size)
+        self.uir = Restorer(config.uir, c, config.connector)
+
+    # ----- helpers ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.uir.parameters()).device
+
+    def check_latent(self, z: torch.Tensor) -> None:
+        c = self.config.codec.latent_channels
+        if z.dim() != 4 or z.shape[1] != c:
+            raise LatentError(
+                f"latent has shape {tuple(z.shape)}, but this RAR model ({self.config.name}, latent format "
+                f"'{self.config.codec.latent_format}') needs [batch, {c}, h, w]; encode with the matching codec"
+            )
+        m = max(self.config.uir.patch_size, self.config.adapter.patch)
+        if z.shape[-1] % m or z.shape[-2] % m:
+            raise LatentError(f"latent size {tuple(z.shape[-2:])} must be a multiple of {m}; pad the image first")
+        if not torch.isfinite(z).all():
+            raise LatentError("latent contains NaN or infinite values; the input or the codec produced invalid numbers")
+
+    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.codec is None:
+            raise RuntimeError("this RAR model has no codec of its own; encode with the SD3.5 VAE")
+        return self.codec.encode(image.to(self.device, self._dtype(self.codec)), generator).float()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.codec is None:
+            raise RuntimeError("this RAR model has no codec of its own; decode with the SD3.5 VAE")
+        return self.codec.decode(z.to(self.device, self._dtype(self.codec))).float()
+
+    @staticmethod
+    def _dtype(module: nn.Module) -> torch.dtype:
+        return next(module.parameters()).dtype
+
+    # ----- the three stages ------------------------------------------------------------
+    @torch.no_grad()
+    def assess(self, z: torch.Tensor, question: str | None = None, free: bool = False) -> Assessment:
+        """Identify the main degradation of z (Eq. 1)."""
+        self.check_latent(z)
+        a = self.lqa.identify(z.to(self.device), self.config.labels, question, free)
+        return Assessment(a.text, a.hidden)
+
+    @torch.no_grad()
+    def restore(self, z: torch.Tensor, assessment: Assessment, steps: int | None = None) -> torch.Tensor:
+        """A_Q(assessment) -> conditioning; K Euler steps of the degraded->clean flow from z."""
+        self.check_latent(z)
+        context, pooled = self.connector.condition(assessment.hidden)
+        flow = FlowEuler(steps or self.config.uir.steps, self.config.uir.flow_shift)
+        return flow.sample(lambda x, s: self.uir(x, s, context, pooled), z.to(self.device).float())
+
+    @torch.no_grad()
+    def verify(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> tuple[torch.Tensor, list[str]]:
+        """Quality verification (Sec. 5.6): Image A = new, Image B = previous; "Image B" means stop."""
+        self.check_latent(z_new)
+        a: Answer = self.lqa.compare(z_new.to(self.device), z_prev.to(self.device), question)
+        improved = torch.tensor([prompts.REJECT not in t for t in a.text])
+        return improved, a.text
+
+    # ----- the loop --------------------------------------------------------------------
+    @torch.no_grad()
+    def run(
+        self,
+        z: torch.Tensor,
+        max_rounds: int = 4,
+        steps: int | None = None,
+        mode: str = "adaptive",
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> LoopResult:
+        """Repeat identify -> condition -> restore -> verify per item until rejected or max_rounds.
+
+        adaptive: re-assess every round, stop at the first rejection and keep the previous latent.
+        fixed:    re-assess every round, no verification, exactly max_rounds restorations.
+        once:     assess once (the official "offline" mode), then restore with the verify gate.
+        `callback(round, z)` runs after every round (progress, previews, interrupts).
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if max_rounds < 1:
+            raise ValueError(f"max_rounds must be at least 1, got {max_rounds}")
+        self.check_latent(z)
+        z = z.to(self.device).float().clone()
+        B = z.shape[0]
+        active = list(range(B))
+        rounds = [0] * B
+        trace: list[list[dict]] = [[] for _ in range(B)]
+        assessment: Assessment | None = None
+
+        for n in range(1, max_rounds + 1):
+            t0 = time.perf_counter()
+            if assessment is None or mode != "once":
+                assessment = self.assess(z[active])
+            t1 = time.perf_counter()
+            z_new = self.restore(z[active], assessment, steps)
+            t2 = time.perf_counter()
+            if mode == "fixed":
+                improved, verdict = torch.ones(len(active), dtype=torch.bool), ["not verified"] * len(active)
+            else:
+                improved, verdict = self.verify(z_new, z[active])
+            t3 = time.perf_counter()
+
+            still = []
+            for j, i in enumerate(active):
+                ok = bool(improved[j])
+                trace[i].append(
+                    {
+                        "round": n,
+                        "answer": assessment.answer[j],
+                        "verdict": verdict[j],
+                        "accepted": ok,
+                        "seconds": {"assess": t1 - t0, "restore": t2 - t1, "verify": t3 - t2},
+                    }
+                )
+                if ok:
+                    z[i] = z_new[j]
+                    rounds[i] += 1
+                    still.append(j)
+            if mode == "once" and assessment is not None:
+                assessment = assessment.select(still)
+            active = [active[j] for j in still]
+            if callback is not None:
+                callback(n, z)
+            if not active:
+                break
+        return LoopResult(z, rounds, trace)
+
+
+@dataclass
+class ImageResult:
+    image: torch.Tensor  # [B,3,H,W] in [0,1], the input's size
+    rounds: list[int]
+    trace: list[list[dict]]
+    tiles: int = 1
+
+
+@torch.no_grad()
+def restore_image(
+    model: RAR,
+    image: torch.Tensor,
+    max_rounds: int = 4,
+    steps: int | None = None,
+    mode: str = "adaptive",
+    seed: int = 0,
+    tile: int = 1024,
+    overlap: int = 64,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> ImageResult:
+    """Image in, restored image out: pad, encode, loop, decode once, crop; tiles above `tile` px.
+
+    With tiles, each tile runs its own loop (and may stop at its own round); the trace and round
+    count reported are those of the first tile plus the number of tiles.
+    """
+    from .image import check_size, pad_to_multiple, tile_process, to_rgb
+
+    image = to_rgb(image.float())
+    check_size(image.shape[-2], image.shape[-1])
+    if not torch.isfinite(image).all():
+        raise LatentError("image contains NaN or infinite values")
+    multiple = model.config.pixel_multiple
+    results: list[LoopResult] = []
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        padded, (h, w) = pad_to_multiple(x, multiple)
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        z = model.encode(padded, g)
+        res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
+        results.append(res)
+        return model.decode(res.latent)[:, :, :h, :w].to(x.device)
+
+    out = tile_process(image, one, tile=tile, overlap=overlap, multiple=multiple)
+    return ImageResult(out.cpu(), results[0].rounds, results[0].trace, tiles=len(results))
