@@ -148,3 +148,22 @@ def test_verify_only_reports_missing(tmp_path):
     with pytest.raises(fd.FetchError, match="missing or corrupt"):
         fd.fetch(tmp_path, verify_only=True, log=lambda *_: None)
     assert fd.main(["--out", str(tmp_path), "--verify-only"]) == 1
+
+
+def test_make_sample_writes_small_labelled_png(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "make_sample", _PATH.parent / "make_sample.py")
+    ms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ms)
+    data = tmp_path / "data"
+    (data / "eval" / "kodak").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    photo = (rng.random((48, 64, 3)).repeat(8, 0).repeat(8, 1) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(data / "eval" / "kodak" / "I08.bmp")
+    out = tmp_path / "assets" / "sample.png"
+    info = ms.make_sample(data, out)
+    im = Image.open(out)
+    assert im.size == (256, 256) and out.stat().st_size < ms.MAX_BYTES
+    assert json.loads(im.text["rar:labels"]) == info["labels"] == ["haze", "defocus"]
+    with pytest.raises(FileNotFoundError, match="fetch_data"):
+        ms.make_sample(tmp_path / "nowhere", out)
