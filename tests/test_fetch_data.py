@@ -157,8 +157,8 @@ def test_make_sample_writes_small_labelled_png(tmp_path):
     spec.loader.exec_module(ms)
     data = tmp_path / "data"
     (data / "eval" / "kodak").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    photo = (rng.random((48, 64, 3)).repeat(8, 0).repeat(8, 1) * 255).astype(np.uint8)
+    yy, xx = np.mgrid[0:384, 0:512]
+    photo = np.stack([xx / 2, yy / 1.5, 128 + 100 * np.sin(xx / 20.0)], 2).astype(np.uint8)
     Image.fromarray(photo).save(data / "eval" / "kodak" / "I08.bmp")
     out = tmp_path / "assets" / "sample.png"
     info = ms.make_sample(data, out)
