@@ -6,7 +6,7 @@ in shared/reference/rar-official-layout.md; section numbers below refer to that 
 
 Output (one file, tensors by prefix):
 
-    uir.*             the restorer UIR, diffusers `SD3Transformer2DModel` names (Sec. 4). The
+    uir.transformer.* the restorer UIR, diffusers `SD3Transformer2DModel` names (Sec. 4). The
                       official MMDiT-X names are translated by diffusers' own
                       `convert_sd3_transformer_checkpoint_to_diffusers`.
     connector.*       the quality adapter A_Q (Q-Former), official names unchanged (Sec. 1.2).
@@ -46,6 +46,9 @@ import torch
 
 FORMAT = "comfyui-rar"
 FORMAT_VERSION = "1"
+
+# Output key prefixes = the state_dict names of rar_core.loop.RAR (codec excluded).
+UIR_PREFIX = "uir.transformer."
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -346,6 +349,8 @@ class ConversionReport:
 
         lines = ["RAR conversion report"]
         for s in self.sources:
+            if isinstance(s, _Unmatched) and not s.unmatched:
+                continue
             lines.append(f"  [{s.role}] {s.path}: {s.mapped} mapped")
             for reason, keys in s.ignored.items():
                 lines.append(f"      ignored by design ({reason}): {len(keys)} keys")
@@ -996,6 +1001,7 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
             rep_llm.ignore("rotary inv_freq buffer, recomputed", key)
         else:
             lm[key] = t
+            rep_llm.mapped += 1
 
     # ---- sizes and validation
     uir_dims = infer_uir({k: v.shape for k, v in dit.items()})
@@ -1074,7 +1080,7 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
     for k in sorted(plan):
         segs, shape = plan[k]
         segments = [Segment(dit[s], a, b) for s, a, b in segs]
-        out.append(OutTensor("uir." + k, tuple(shape), _concat_rows(segments)))
+        out.append(OutTensor(UIR_PREFIX + k, tuple(shape), _concat_rows(segments)))
     for k in sorted(conn):
         out.append(OutTensor("connector." + k, conn[k].shape, conn[k].load))
     for k in sorted(a_i):
@@ -1092,7 +1098,9 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
         else:
             produce = lm[k].load
         out.append(OutTensor("lqa.lm." + k, lm[k].shape, produce))
-    for prefix in ("uir.", "connector.", "lqa.A_I.", "lqa.vision_proj.", "lqa.lm."):
+    check_against_rar_model(cfg, out, report)
+    report.raise_if_failed()
+    for prefix in (UIR_PREFIX, "connector.", "lqa.A_I.", "lqa.vision_proj.", "lqa.lm."):
         report.outputs[prefix[:-1]] = sum(t.key.startswith(prefix) for t in out)
 
     used = {"base": files.base, "backbone": files.backbone, "connector": files.connector,
@@ -1103,6 +1111,7 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
         "format_version": FORMAT_VERSION,
         "config": cfg.to_json(),
         "latent_format": "sd3",
+        "has_codec": "false",
         "labels": json.dumps(list(cfg.labels)),
         "tokenizer": tokenizer_json(files.llm_dir),
         "tokenizer_config": tokcfg.read_text(encoding="utf-8") if tokcfg.is_file() else "{}",
@@ -1112,6 +1121,23 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
         "lora_merged": json.dumps({"rank": rank, "alpha": lora_alpha, "targets": list(LORA_TARGETS)}),
     }
     return ConversionPlan(out, cfg, metadata, report)
+
+
+def check_against_rar_model(cfg, out: list[OutTensor], report: ConversionReport) -> None:
+    """The planned file must be exactly the state_dict of rar_core's RAR(cfg) without a codec."""
+    from .loop import RAR
+
+    with torch.device("meta"):
+        model = RAR(cfg, with_codec=False)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    planned = {t.key: tuple(t.shape) for t in out}
+    for k in sorted(set(expected) - set(planned)):
+        report.missing.append(f"rar_core model: {k}")
+    for k in sorted(set(planned) - set(expected)):
+        report.shape_errors.append(f"rar_core model has no tensor {k}")
+    for k in sorted(set(planned) & set(expected)):
+        if planned[k] != expected[k]:
+            report.shape_errors.append(f"rar_core model: {k} is {list(expected[k])}, converted {list(planned[k])}")
 
 
 class _Unmatched(SourceReport):
