@@ -1,0 +1,287 @@
+"""Semantics of RAR.run (loop.py) with the LQA's answers scripted.
+
+RAR.assess and RAR.verify are monkeypatched with deterministic stubs; most tests also script
+RAR.restore as "add 1" so the latent of an item tells its id and how many rounds it has accepted
+(item i starts at 100 * i). One test keeps the real restorer to check the rollback bit-exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rar_core import prompts
+from rar_core.loop import RAR, Assessment, LatentError
+
+H = W = 8  # latent size: a multiple of the tiny model's patch (2)
+
+
+def item_ids(z: torch.Tensor) -> list[int]:
+    return [int(torch.div(x.mean(), 100, rounding_mode="floor").item()) for x in z]
+
+
+def accepted_so_far(z: torch.Tensor) -> list[int]:
+    return [int(round(x.mean().item() % 100)) for x in z]
+
+
+class Script:
+    """Scripted LQA. verdicts[item] = list of accept (True) / reject (False) per verify call."""
+
+    def __init__(self, verdicts: dict[int, list[bool]] | None = None, hidden_dim: int = 32):
+        self.verdicts = verdicts or {}
+        self.hidden_dim = hidden_dim
+        self.assess_calls: list[list[int]] = []  # item ids per call
+        self.assess_rounds: list[list[int]] = []  # accepted-so-far per item per call
+        self.verify_calls: list[list[int]] = []
+        self.restore_calls: list[list[int]] = []
+        self.verify_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.asked: dict[int, int] = {}
+
+    def install(self, monkeypatch, restore: bool = True):
+        script = self
+
+        def assess(model, z, question=None, free=False):
+            ids = item_ids(z) if restore else list(range(z.shape[0]))
+            script.assess_calls.append(ids)
+            if restore:
+                script.assess_rounds.append(accepted_so_far(z))
+            n = len(script.assess_calls)
+            answers = [f"label-{i}-call-{n}" for i in ids]
+            g = torch.Generator().manual_seed(n)
+            hidden = [torch.randn(10 + i, script.hidden_dim, generator=g) for i in range(len(ids))]
+            return Assessment(answers, hidden)
+
+        def verify(model, z_new, z_prev, question=None):
+            ids = item_ids(z_prev) if restore else list(range(z_prev.shape[0]))
+            script.verify_calls.append(ids)
+            script.verify_pairs.append((z_new.clone(), z_prev.clone()))
+            improved = []
+            for i in ids:
+                k = script.asked.get(i, 0)
+                script.asked[i] = k + 1
+                plan = script.verdicts.get(i, [])
+                improved.append(plan[k] if k < len(plan) else True)
+            text = ["Image A" if ok else "Image B" for ok in improved]
+            return torch.tensor(improved), text
+
+        def fake_restore(model, z, assessment, steps=None):
+            script.restore_calls.append(item_ids(z))
+            assert len(assessment.answer) == z.shape[0] == len(assessment.hidden)
+            return z + 1.0
+
+        monkeypatch.setattr(RAR, "assess", assess)
+        monkeypatch.setattr(RAR, "verify", verify)
+        if restore:
+            monkeypatch.setattr(RAR, "restore", fake_restore)
+        return self
+
+
+def start(batch: int) -> torch.Tensor:
+    return torch.stack([torch.full((16, H, W), 100.0 * i) for i in range(batch)])
+
+
+# ----- adaptive ----------------------------------------------------------------------------
+
+
+def test_rollback_on_rejection_with_the_real_restorer(tiny_model, monkeypatch):
+    script = Script({0: [True, True, False]}).install(monkeypatch, restore=False)
+    z0 = torch.randn(1, 16, H, W, generator=torch.Generator().manual_seed(0))
+    before = z0.clone()
+    res = tiny_model.run(z0, max_rounds=6, steps=2)
+    assert torch.equal(z0, before)  # the input latent is never modified
+    assert res.rounds == [2]
+    assert len(script.verify_calls) == 3  # stopped at the first rejection
+    (new1, prev1), (new2, prev2), (new3, prev3) = script.verify_pairs
+    assert torch.equal(prev1, z0)
+    assert torch.equal(prev2, new1) and torch.equal(prev3, new2)  # accepted latents carry on
+    assert not torch.equal(new3, new2)  # the rejected candidate was a real change...
+    assert torch.equal(res.latent, new2)  # ...rolled back: the previous accepted latent is kept
+    assert [t["accepted"] for t in res.trace[0]] == [True, True, False]
+    assert [t["verdict"] for t in res.trace[0]] == ["Image A", "Image A", "Image B"]
+
+
+def test_rejection_in_round_one_keeps_the_input(tiny_model, monkeypatch):
+    Script({0: [False]}).install(monkeypatch)
+    z0 = start(1)
+    res = tiny_model.run(z0, max_rounds=4)
+    assert res.rounds == [0]
+    assert torch.equal(res.latent, z0)
+    assert len(res.trace[0]) == 1 and res.trace[0][0]["accepted"] is False
+
+
+@pytest.mark.parametrize("max_rounds", [1, 2, 5])
+def test_stops_at_max_rounds(tiny_model, monkeypatch, max_rounds):
+    script = Script().install(monkeypatch)  # always accepts
+    res = tiny_model.run(start(2), max_rounds=max_rounds)
+    assert res.rounds == [max_rounds, max_rounds]
+    assert len(script.verify_calls) == len(script.assess_calls) == len(script.restore_calls) == max_rounds
+    assert torch.equal(res.latent, start(2) + max_rounds)
+    assert all(len(t) == max_rounds for t in res.trace)
+
+
+def test_adaptive_reassesses_every_round(tiny_model, monkeypatch):
+    script = Script().install(monkeypatch)
+    res = tiny_model.run(start(1), max_rounds=3)
+    assert script.assess_calls == [[0], [0], [0]]
+    assert script.assess_rounds == [[0], [1], [2]]  # each assessment sees the latest latent
+    assert [t["answer"] for t in res.trace[0]] == ["label-0-call-1", "label-0-call-2", "label-0-call-3"]
+
+
+def test_batch_items_stop_at_different_rounds(tiny_model, monkeypatch):
+    script = Script({0: [False], 1: [True, True, False], 2: [True] * 9}).install(monkeypatch)
+    z0 = start(3)
+    res = tiny_model.run(z0, max_rounds=4)
+    assert res.rounds == [0, 2, 4]
+    # finished items leave the batch: the stages only see the active ones
+    assert script.assess_calls == [[0, 1, 2], [1, 2], [1, 2], [2]]
+    assert script.verify_calls == script.restore_calls == script.assess_calls
+    for i, n in enumerate([0, 2, 4]):
+        assert torch.equal(res.latent[i], z0[i] + n)
+    assert [len(t) for t in res.trace] == [1, 3, 4]
+    assert [t["accepted"] for t in res.trace[1]] == [True, True, False]
+    assert [t["round"] for t in res.trace[2]] == [1, 2, 3, 4]
+
+
+# ----- once / fixed ------------------------------------------------------------------------
+
+
+def test_assess_once(tiny_model, monkeypatch):
+    script = Script({0: [True, False], 1: [True] * 9}).install(monkeypatch)
+    res = tiny_model.run(start(2), max_rounds=4, mode="once")
+    assert len(script.assess_calls) == 1  # assessed exactly once
+    assert script.assess_calls[0] == [0, 1]
+    assert res.rounds == [1, 4]
+    assert script.verify_calls == [[0, 1], [0, 1], [1], [1]]  # still verified every round
+    # the one assessment follows its item when others drop out
+    assert {t["answer"] for t in res.trace[1]} == {"label-1-call-1"}
+    assert {t["answer"] for t in res.trace[0]} == {"label-0-call-1"}
+    assert res.trace[0][-1]["accepted"] is False
+
+
+def test_assess_once_first_item_drops_out(tiny_model, monkeypatch):
+    """The remaining item must keep its own hidden states after an earlier item drops out."""
+    script = Script({0: [False], 1: [True, True]}).install(monkeypatch)
+    seen = []
+
+    def restore(model, z, assessment, steps=None):
+        seen.append((item_ids(z), list(assessment.answer), [h.shape[0] for h in assessment.hidden]))
+        return z + 1.0
+
+    monkeypatch.setattr(RAR, "restore", restore)
+    res = tiny_model.run(start(2), max_rounds=3, mode="once")
+    assert len(script.assess_calls) == 1
+    assert res.rounds == [0, 3]
+    assert seen[0] == ([0, 1], ["label-0-call-1", "label-1-call-1"], [10, 11])
+    assert seen[1] == ([1], ["label-1-call-1"], [11]) == seen[2]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_fixed_n_rounds_never_verifies(tiny_model, monkeypatch, n):
+    script = Script({0: [False] * 9}).install(monkeypatch)  # would reject if asked
+
+    def no_verify(*a, **k):
+        raise AssertionError("fixed mode must not verify")
+
+    monkeypatch.setattr(RAR, "verify", no_verify)
+    res = tiny_model.run(start(2), max_rounds=n, mode="fixed")
+    assert res.rounds == [n, n]
+    assert len(script.assess_calls) == len(script.restore_calls) == n
+    assert torch.equal(res.latent, start(2) + n)
+    for t in res.trace:
+        assert [r["verdict"] for r in t] == ["not verified"] * n
+        assert all(r["accepted"] for r in t)
+
+
+# ----- trace, callback, errors -------------------------------------------------------------
+
+
+def test_trace_contents(tiny_model, monkeypatch):
+    Script({0: [True, False]}).install(monkeypatch)
+    res = tiny_model.run(start(1), max_rounds=5)
+    trace = res.trace[0]
+    assert len(trace) == 2
+    for n, entry in enumerate(trace, 1):
+        assert set(entry) == {"round", "answer", "verdict", "accepted", "seconds"}
+        assert entry["round"] == n
+        assert isinstance(entry["answer"], str) and entry["answer"]
+        assert entry["verdict"] in prompts.COMPARE_ANSWERS
+        assert isinstance(entry["accepted"], bool)
+        assert set(entry["seconds"]) == {"assess", "restore", "verify"}
+        assert all(isinstance(v, float) and v >= 0 for v in entry["seconds"].values())
+    assert [e["accepted"] for e in trace] == [True, False]
+    assert res.rounds[0] == sum(e["accepted"] for e in trace)
+
+
+def test_callback_called_once_per_round(tiny_model, monkeypatch):
+    Script({0: [True, False], 1: [True, True, False]}).install(monkeypatch)
+    calls = []
+    res = tiny_model.run(start(2), max_rounds=6, callback=lambda n, z: calls.append((n, z.clone())))
+    assert [n for n, _ in calls] == [1, 2, 3]  # the loop ends once every item has stopped
+    assert all(z.shape == (2, 16, H, W) for _, z in calls)  # the whole batch, every time
+    assert torch.equal(calls[0][1], start(2) + 1)
+    assert torch.equal(calls[-1][1], res.latent)
+    assert res.rounds == [1, 2]
+
+
+def test_callback_fixed_mode(tiny_model, monkeypatch):
+    Script().install(monkeypatch)
+    calls = []
+    tiny_model.run(start(1), max_rounds=3, mode="fixed", callback=lambda n, z: calls.append(n))
+    assert calls == [1, 2, 3]
+
+
+def test_callback_can_interrupt(tiny_model, monkeypatch):
+    Script().install(monkeypatch)
+
+    def stop(n, z):
+        if n == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny_model.run(start(1), max_rounds=5, callback=stop)
+
+
+@pytest.mark.parametrize("mode", ["adaptive ", "Fixed", "twice", ""])
+def test_invalid_mode(tiny_model, mode):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        tiny_model.run(start(1), mode=mode)
+
+
+@pytest.mark.parametrize("max_rounds", [0, -1])
+def test_invalid_max_rounds(tiny_model, max_rounds):
+    with pytest.raises(ValueError, match="max_rounds must be at least 1"):
+        tiny_model.run(start(1), max_rounds=max_rounds)
+
+
+def test_bad_latents_raise_latent_error(tiny_model):
+    with pytest.raises(LatentError, match=r"needs \[batch, 16, h, w\]"):
+        tiny_model.run(torch.zeros(1, 4, H, W))
+    with pytest.raises(LatentError, match="needs"):
+        tiny_model.run(torch.zeros(16, H, W))
+    with pytest.raises(LatentError, match="multiple of 2"):
+        tiny_model.run(torch.zeros(1, 16, 7, 8))
+    z = torch.zeros(1, 16, H, W)
+    z[0, 3, 2, 2] = float("nan")
+    with pytest.raises(LatentError, match="NaN"):
+        tiny_model.run(z)
+    z[0, 3, 2, 2] = float("inf")
+    with pytest.raises(LatentError, match="infinite"):
+        tiny_model.assess(z)
+
+
+def test_unstubbed_loop_is_consistent_and_deterministic(tiny_model):
+    """The real LQA and restorer: the trace and the round counts agree, reruns are identical."""
+    z0 = torch.randn(2, 16, H, W, generator=torch.Generator().manual_seed(3))
+    a = tiny_model.run(z0, max_rounds=3, steps=1)
+    b = tiny_model.run(z0, max_rounds=3, steps=1)
+    assert torch.equal(a.latent, b.latent) and a.rounds == b.rounds
+    for i in range(2):
+        t = a.trace[i]
+        assert a.rounds[i] == sum(r["accepted"] for r in t)
+        assert all(r["answer"] in tiny_model.config.labels for r in t)
+        assert all(r["verdict"] in prompts.COMPARE_ANSWERS for r in t)
+        assert all(r["accepted"] == (r["verdict"] == "Image A") for r in t)
+        # adaptive: only the last round of a stopped item may be rejected
+        assert all(r["accepted"] for r in t[:-1])
+        if a.rounds[i] == 0:
+            assert torch.equal(a.latent[i], z0[i])
