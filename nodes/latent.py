@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import comfy.model_management as mm
 
+from ..rar_core import image as rar_image
 from .model import RARHandle
 
 TAG = "rar_latent_format"   # which codec space the samples are in ("rar-compact", "sd3", ...)
@@ -45,16 +46,14 @@ def check_latent(handle: RARHandle, latent: dict) -> torch.Tensor:
         raise RARNodeError(
             f"The RAR model '{handle.name}' expects {cfg.latent_channels}-channel latents "
             f"(SD3.5 VAE for the official tier); got {samples.shape[1]} channels. Use the matching VAE.")
-    mult = handle.config.pixel_multiple // cfg.downsample
     h, w = samples.shape[-2:]
-    if h < mult or w < mult:
-        raise RARNodeError(
-            f"Latent {w}x{h} is too small for RAR: images must be at least {handle.config.pixel_multiple} px a side.")
+    if h * cfg.downsample < rar_image.MIN_SIDE or w * cfg.downsample < rar_image.MIN_SIDE:
+        raise RARNodeError(f"Latent {w}x{h} is too small: RAR needs images of at least {rar_image.MIN_SIDE} px a side.")
     return samples
 
 
 def to_z(handle: RARHandle, latent: dict, device: torch.device) -> torch.Tensor:
-    """LATENT dict -> normalised z on the compute device, in the model's dtype.
+    """LATENT dict -> normalised float32 z on the compute device (rar_core casts to the model dtype).
 
     Sides that are not a multiple of the restorer's patch (e.g. an 8-px multiple from core VAE
     Encode) are padded by replication; from_z crops back to the input latent's size.
@@ -66,7 +65,7 @@ def to_z(handle: RARHandle, latent: dict, device: torch.device) -> torch.Tensor:
     ph, pw = (-z.shape[-2]) % mult, (-z.shape[-1]) % mult
     if ph or pw:
         z = F.pad(z, (0, pw, 0, ph), mode="replicate")
-    return z.to(handle.dtype)
+    return z
 
 
 def from_z(handle: RARHandle, z: torch.Tensor, like: dict) -> dict:
@@ -80,19 +79,12 @@ def from_z(handle: RARHandle, z: torch.Tensor, like: dict) -> dict:
 
 
 def pad_images(handle: RARHandle, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """IMAGE [B,H,W,C] -> channels-first [B,3,H',W'] padded (reflect) to the model's pixel multiple."""
-    if images.ndim != 4 or images.shape[-1] < 3:
-        raise RARNodeError(f"Expected an IMAGE batch [B,H,W,3]; got shape {tuple(images.shape)}.")
-    x = images[..., :3].movedim(-1, 1)
-    h, w = x.shape[-2:]
-    mult = handle.config.pixel_multiple
-    if h < mult or w < mult:
-        raise RARNodeError(f"Image {w}x{h} is too small for RAR: both sides must be at least {mult} px.")
-    ph, pw = (-h) % mult, (-w) % mult
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
+    """IMAGE [B,H,W,C] -> channels-first [B,3,H',W'] reflect-padded to the model's pixel multiple."""
+    if images.ndim != 4:
+        raise RARNodeError(f"Expected an IMAGE batch [B,H,W,C]; got shape {tuple(images.shape)}.")
+    x = rar_image.to_rgb(images.movedim(-1, 1).float())
+    rar_image.check_size(*x.shape[-2:])
+    return rar_image.pad_to_multiple(x, handle.config.pixel_multiple)
 
 
 def crop_images(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:

@@ -70,6 +70,15 @@ def is_oom(err: BaseException) -> bool:
     return (oom is not None and isinstance(err, oom)) or "out of memory" in str(err).lower()
 
 
+class _Patchable(torch.nn.Module):
+    """ModelPatcher writes bookkeeping attributes (device, model_lowvram, ...) onto the module it
+    manages; RAR.device is a read-only property, so the patcher manages this container instead."""
+
+    def __init__(self, rar: torch.nn.Module):
+        super().__init__()
+        self.rar = rar
+
+
 class RARHandle:
     """What a RAR_MODEL socket carries: the RAR module, its ModelPatcher and its file name."""
 
@@ -77,7 +86,7 @@ class RARHandle:
         self.model = model.eval()
         self.name = name
         self.patcher = comfy.model_patcher.ModelPatcher(
-            self.model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+            _Patchable(self.model), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
     @property
     def config(self):

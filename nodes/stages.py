@@ -13,17 +13,15 @@ import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
 from ..rar_core import checkpoint
+from ..rar_core.loop import Assessment
 from . import latent as L
 from .model import DTYPES, RARHandle, model_choices, model_path, pick_dtype
 from .types import CATEGORY, RarAssessment, RarModel
 
 
-def assessment_to(assessment, device):
-    """Move an Assessment's tensors (hidden, mask) to a device; answers stay as they are."""
-    import dataclasses
-    moved = {f.name: getattr(assessment, f.name) for f in dataclasses.fields(assessment)}
-    moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in moved.items()}
-    return type(assessment)(**moved)
+def assessment_to(assessment: Assessment, device) -> Assessment:
+    """The same assessment with its per-item LM hidden states on `device`."""
+    return Assessment(list(assessment.answer), [h.to(device) for h in assessment.hidden])
 
 
 def all_clean(assessment) -> bool:
@@ -103,7 +101,7 @@ class RARLatentEncode(io.ComfyNode):
         else:
             device = rar_model.prepare(*x.shape[:1], *x.shape[-2:])
             with torch.inference_mode():
-                z = rar_model.model.encode(x.to(device, rar_model.dtype))
+                z = rar_model.model.encode(x.to(device))
             out = L.from_z(rar_model, z, {"samples": z})
         out[L.TAG] = cfg.latent_format
         out[L.SIZE] = size
@@ -142,23 +140,22 @@ class RARRestore(io.ComfyNode):
                         "conditioned on the assessment.",
             inputs=[
                 RarModel.Input("rar_model"), io.Latent.Input("latent"), RarAssessment.Input("assessment"),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Euler steps of this pass."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Euler steps of this pass (the flow "
+                             "starts from the degraded latent, so there is no noise and no seed)."),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, rar_model: RARHandle, latent, assessment, steps, seed) -> io.NodeOutput:
+    def execute(cls, rar_model: RARHandle, latent, assessment, steps) -> io.NodeOutput:
         b, _, h, w = latent["samples"].shape
         if len(assessment.answer) != b:
             raise L.RARNodeError(f"The assessment is for {len(assessment.answer)} images but the latent holds {b}.")
         f = rar_model.config.codec.downsample
         device = rar_model.prepare(b, h * f, w * f)
         z = L.to_z(rar_model, latent, device)
-        generator = torch.Generator(device=device).manual_seed(seed)
         with torch.inference_mode():
-            z_new = rar_model.model.restore(z, assessment_to(assessment, device), steps, generator)
+            z_new = rar_model.model.restore(z, assessment_to(assessment, device), steps)
         return io.NodeOutput(L.from_z(rar_model, z_new, latent))
 
 
