@@ -592,3 +592,37 @@ def test_refuses_code_in_pickles(minimal):
 
     torch.save({"state_dict": {"model.x": Evil()}}, rel.files["e2e"])
     _fails(rel, out, "weights_only=True")
+
+
+@pytest.mark.xfail(reason="rar_core.lqa.tokenizer_from_json adds a '<pad>' token; Vicuna has none and its "
+                          "32000 tokens fill the vocabulary (official: pad = eos). Remove this mark once fixed.",
+                   strict=False)
+def test_converted_model_with_full_vocabulary_tokenizer_loads(tmp_path, monkeypatch):
+    """Vicuna's tokenizer has exactly vocab_size tokens and no <pad>; the converted file must load."""
+    import official_fixtures
+    from rar_core.checkpoint import load_rar
+
+    original = official_fixtures.tiny_tokenizer_json
+    monkeypatch.setattr(official_fixtures, "tiny_tokenizer_json", lambda vocab: original(vocab + 8))
+    rel = build_release(tmp_path / "zoo", optional_files=False, seed=13)
+    out = tmp_path / "out.safetensors"
+    C.convert_official(rel.root, out, dtype="fp32")
+    model = load_rar(out)
+    assert len(model.lqa.tokenizer) <= model.config.lm.vocab_size
+
+
+def test_planning_reads_no_weights_and_writing_streams(tmp_path, monkeypatch):
+    """Validation works on shapes only; values are read tensor by tensor while writing."""
+    rel = build_release(tmp_path / "zoo", seed=14)
+    calls = []
+    real_load, real_rows = C.LazyTensor.load, C.LazyTensor.rows
+    monkeypatch.setattr(C.LazyTensor, "load", lambda self: calls.append(self.origin) or real_load(self))
+    monkeypatch.setattr(C.LazyTensor, "rows", lambda self, a, b: calls.append(self.origin) or real_rows(self, a, b))
+    plan = C.plan_conversion(C.locate_release(rel.root), config=rel.config())
+    assert calls == []
+    written = []
+    for t in plan.tensors:
+        produce = t.produce
+        t.produce = lambda produce=produce, key=t.key: written.append(key) or produce()
+    C.write_safetensors_streaming(tmp_path / "o.safetensors", plan.tensors, torch.bfloat16, plan.metadata)
+    assert written == [t.key for t in plan.tensors] and len(set(written)) == len(written)
