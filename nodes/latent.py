@@ -78,13 +78,29 @@ def from_z(handle: RARHandle, z: torch.Tensor, like: dict) -> dict:
     return out
 
 
-def pad_images(handle: RARHandle, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """IMAGE [B,H,W,C] -> channels-first [B,3,H',W'] reflect-padded to the model's pixel multiple."""
+def to_bchw(images: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B,H,W,C] -> RGB [B,3,H,W], refusing shapes and sizes RAR cannot take."""
     if images.ndim != 4:
         raise RARNodeError(f"Expected an IMAGE batch [B,H,W,C]; got shape {tuple(images.shape)}.")
     x = rar_image.to_rgb(images.movedim(-1, 1).float())
     rar_image.check_size(*x.shape[-2:])
-    return rar_image.pad_to_multiple(x, handle.config.pixel_multiple)
+    return x
+
+
+def pad_images(handle: RARHandle, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """IMAGE [B,H,W,C] -> RGB [B,3,H',W'] reflect-padded to the model's pixel multiple, and (H, W)."""
+    return rar_image.pad_to_multiple(to_bchw(images), handle.config.pixel_multiple)
+
+
+def check_vae(handle: RARHandle, vae) -> None:
+    """The official tier encodes with the user's VAE: it must be there and make SD3.5 latents."""
+    channels = handle.config.codec.latent_channels
+    if vae is None:
+        raise RARNodeError("The official RAR tier has no codec of its own: connect the SD3.5 VAE.")
+    if getattr(vae, "latent_channels", None) != channels:
+        raise RARNodeError(
+            f"This VAE makes {getattr(vae, 'latent_channels', '?')}-channel latents; the RAR model "
+            f"'{handle.name}' needs the SD3.5 VAE ({channels} channels).")
 
 
 def crop_images(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:

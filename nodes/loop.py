@@ -8,6 +8,7 @@ stage nodes it expands call the same rar_core methods run() calls, item for item
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -19,21 +20,28 @@ import comfy.utils
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import GraphBuilder
 
+from ..rar_core import image as rar_image
 from ..rar_core import prompts
-from ..rar_core.loop import MODES
+from ..rar_core.loop import MODES, restore_image
 from . import latent as L
 from .model import RARHandle, is_oom
 from .types import CATEGORY, RarModel
 
 ITERATE_MAX_ROUNDS = 32  # expansion overhead grows quadratically with depth (comfyui.md §2.6)
 LOOP_MAX_ROUNDS = 100
+FALLBACK_TILES = [512, 256]  # image tile sides (px) tried, in order, after an out-of-memory error
 PREVIEW_LATENT_SIDE = 32
 STATE = "rar_iterate_state"  # private key: RAR Iterate's loop state, carried inside the latent dict between rounds  # previews decode a latent pooled to at most this many latent pixels a side
 
 
-def trace_json(rounds: list[int], trace: list[list[dict]]) -> str:
-    """Per-item rounds and per-round records, the same shape `rar restore --trace` writes."""
-    return json.dumps([{"item": i, "rounds": r, "trace": t} for i, (r, t) in enumerate(zip(rounds, trace))], indent=1)
+def trace_json(rounds: list[int], trace: list[list[dict]], tiles: int = 1) -> str:
+    """Per-item rounds and per-round records. With tiles (out-of-memory fallback) each tile ran its
+    own loop; like rar_core.restore_image, the first tile's trace is reported with the tile count."""
+    items = [{"item": i, "rounds": r, "trace": t} for i, (r, t) in enumerate(zip(rounds, trace))]
+    if tiles > 1:
+        for item in items:
+            item["tiles"] = tiles
+    return json.dumps(items, indent=1)
 
 
 def summary(rounds: list[int], trace: list[list[dict]]) -> str:
@@ -63,18 +71,44 @@ def preview(handle: RARHandle, z: torch.Tensor):
     return ("JPEG", Image.fromarray(x), 512)
 
 
-def run_loop(handle: RARHandle, z: torch.Tensor, max_rounds: int, steps: int, mode: str, node_id=None):
-    """RAR.run with a ComfyUI progress bar, a preview per round and an interrupt check per round."""
+def progress(handle: RARHandle, max_rounds: int, node_id=None):
+    """The per-round callback for RAR.run: interrupt check, then progress bar with a preview."""
     pbar = comfy.utils.ProgressBar(max_rounds, node_id=node_id)
 
     def callback(n, z_now):
         mm.throw_exception_if_processing_interrupted()
         pbar.update_absolute(n, max_rounds, preview(handle, z_now))
+    return callback
+
+
+def with_tile_fallback(work, tiles: list):
+    """work(tile) for tile in `tiles` (None = whole input), moving on to smaller tiles only when the
+    device runs out of memory."""
+    for i, tile in enumerate(tiles):
+        try:
+            return work(tile)
+        except Exception as e:
+            if not is_oom(e) or i == len(tiles) - 1:
+                raise
+            logging.warning("RAR: out of memory at tile size %s; retrying with %s px tiles", tile, tiles[i + 1])
+            mm.soft_empty_cache()
+
+
+def loop_latent(handle: RARHandle, z: torch.Tensor, max_rounds, steps, mode, callback, tile=None):
+    """RAR.run on the whole latent, or on overlapping latent tiles (each tile runs its own loop)."""
+    results = []
+
+    def one(z_tile):
+        results.append(handle.model.run(z_tile, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback))
+        return results[-1].latent.to(z_tile.device)
 
     with torch.inference_mode():
-        result = handle.model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
-    pbar.update_absolute(max_rounds, max_rounds)
-    return result
+        if tile is None:
+            one(z)
+            return results[0].latent, results[0].rounds, results[0].trace, 1
+        mult = handle.config.pixel_multiple // handle.config.codec.downsample
+        out = rar_image.tile_process(z, one, tile=tile, overlap=tile // 8, multiple=mult)
+    return out, results[0].rounds, results[0].trace, len(results)
 
 
 class RARLoop(io.ComfyNode):
@@ -103,11 +137,12 @@ class RARLoop(io.ComfyNode):
         f = rar_model.config.codec.downsample
         device = rar_model.prepare(2 * b, h * f, w * f)
         z = L.to_z(rar_model, latent, device)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        result = run_loop(rar_model, z, max_rounds, steps, mode, node_id)
-        return io.NodeOutput(L.from_z(rar_model, result.latent, latent), max(result.rounds),
-                             trace_json(result.rounds, result.trace),
-                             ui=ui.PreviewText(summary(result.rounds, result.trace)))
+        callback = progress(rar_model, max_rounds, cls.hidden.unique_id if cls.hidden is not None else None)
+        z, rounds, trace, tiles = with_tile_fallback(
+            lambda tile: loop_latent(rar_model, z, max_rounds, steps, mode, callback, tile),
+            [None] + [t // f for t in FALLBACK_TILES])
+        return io.NodeOutput(L.from_z(rar_model, z, latent), max(rounds), trace_json(rounds, trace, tiles),
+                             ui=ui.PreviewText(summary(rounds, trace)))
 
 
 def _select(latent: dict, idx: list[int]) -> dict:
@@ -227,19 +262,41 @@ class RARRestoreImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, rar_model: RARHandle, image, max_rounds, steps, mode, vae=None) -> io.NodeOutput:
-        from .stages import RARLatentDecode, RARLatentEncode
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        latent = RARLatentEncode.execute(rar_model, image, vae)[0]
-        b, _, h, w = latent["samples"].shape
-        f = rar_model.config.codec.downsample
-        device = rar_model.prepare(2 * b, h * f, w * f)
-        z = L.to_z(rar_model, latent, device)
-        result = run_loop(rar_model, z, max_rounds, steps, mode, node_id)
-        restored = L.from_z(rar_model, result.latent, latent)
+        x = L.to_bchw(image)
         if rar_model.official:
-            x = vae.decode(restored["samples"]).movedim(-1, 1)
-            out = L.crop_images(x, restored.get(L.SIZE))
-        else:
-            out = RARLatentDecode.execute(rar_model, restored)[0]
-        return io.NodeOutput(out, trace_json(result.rounds, result.trace),
-                             ui=ui.PreviewText(summary(result.rounds, result.trace)))
+            L.check_vae(rar_model, vae)
+        b, _, h, w = x.shape
+        device = rar_model.prepare(2 * b, h, w)
+        callback = progress(rar_model, max_rounds, cls.hidden.unique_id if cls.hidden is not None else None)
+
+        def work(tile):
+            tile = tile or max(h, w)
+            if not rar_model.official:  # exactly what `rar restore` runs
+                res = restore_image(rar_model.model, x.to(device), max_rounds, steps, mode, tile=tile,
+                                    callback=callback)
+                return res.image, res.rounds, res.trace, res.tiles
+            return official_restore(rar_model, vae, x, max_rounds, steps, mode, callback, tile)
+
+        with torch.inference_mode():
+            out, rounds, trace, tiles = with_tile_fallback(work, [None] + FALLBACK_TILES)
+        return io.NodeOutput(out.movedim(1, -1).float().to(mm.intermediate_device()),
+                             trace_json(rounds, trace, tiles), ui=ui.PreviewText(summary(rounds, trace)))
+
+
+def official_restore(handle: RARHandle, vae, x, max_rounds, steps, mode, callback, tile):
+    """restore_image for the official tier: the user's SD3.5 VAE encodes and decodes (ComfyUI manages it)."""
+    cfg = handle.config.codec
+    results = []
+
+    def one(x_tile):
+        padded, (h, w) = rar_image.pad_to_multiple(x_tile, handle.config.pixel_multiple)
+        z = (vae.encode(padded.movedim(1, -1)).float() - cfg.shift) * cfg.scale
+        device = handle.prepare(*z.shape[:1], *padded.shape[-2:])  # the VAE may have evicted RAR
+        res = handle.model.run(z.to(device), max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
+        results.append(res)
+        raw = res.latent.float() / cfg.scale + cfg.shift
+        return vae.decode(raw.to(mm.intermediate_device())).movedim(-1, 1)[..., :h, :w].to(x_tile.device)
+
+    out = rar_image.tile_process(x.to(mm.intermediate_device()), one, tile=tile, overlap=64,
+                                 multiple=handle.config.pixel_multiple)
+    return out, results[0].rounds, results[0].trace, len(results)

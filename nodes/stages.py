@@ -90,12 +90,7 @@ class RARLatentEncode(io.ComfyNode):
         x, size = L.pad_images(rar_model, image)
         cfg = rar_model.config.codec
         if rar_model.official:
-            if vae is None:
-                raise L.RARNodeError("The official RAR tier has no codec of its own: connect the SD3.5 VAE.")
-            if getattr(vae, "latent_channels", None) != cfg.latent_channels:
-                raise L.RARNodeError(
-                    f"This VAE makes {getattr(vae, 'latent_channels', '?')}-channel latents; the RAR model "
-                    f"'{rar_model.name}' needs the SD3.5 VAE ({cfg.latent_channels} channels).")
+            L.check_vae(rar_model, vae)
             raw = vae.encode(x.movedim(1, -1))
             out = {"samples": raw.to(mm.intermediate_device())}
         else:
