@@ -9,7 +9,6 @@ models. Reuse it from any test module through the fixtures below (`tiny_config`,
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from rar_core.config import (  # noqa: E402
     UIRConfig,
 )
 
-# Small, deterministic CPU work: two cores shared by the whole suite.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The test models are tiny: intra-op threads only add sync overhead, and on a loaded 2-core
+# machine spinning OpenMP workers make every small op 10-100x slower. One thread is fastest.
+torch.set_num_threads(1)
 
 
 def make_tiny_config(**overrides) -> RARConfig:
@@ -97,7 +97,7 @@ def tiny_model(tiny_config):
     return make_tiny_model(seed=0, config=tiny_config)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_factory():
     """`tiny_factory(seed=0, config=None)` -> a new seeded tiny RAR; `tiny_factory.config()` -> config."""
 
