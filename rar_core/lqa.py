@@ -138,7 +138,12 @@ def word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 
 def tokenizer_from_json(text: str) -> PreTrainedTokenizerFast:
     tok = PreTrainedTokenizerFast(tokenizer_object=_tokenizer_object(text))
-    tok.add_special_tokens({"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    vocab = tok.get_vocab()
+    # Name the special tokens the vocabulary already has; never grow it (Vicuna's 32000 fill the
+    # embedding table, and like the official code it pads with </s>).
+    specials = {k: v for k, v in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>")) if v in vocab}
+    specials["pad_token"] = "<pad>" if "<pad>" in vocab else "</s>"
+    tok.add_special_tokens(specials)
     tok.tokenizer_json = text  # kept verbatim so checkpoints round-trip exactly
     return tok
 

@@ -594,9 +594,6 @@ def test_refuses_code_in_pickles(minimal):
     _fails(rel, out, "weights_only=True")
 
 
-@pytest.mark.xfail(reason="rar_core.lqa.tokenizer_from_json adds a '<pad>' token; Vicuna has none and its "
-                          "32000 tokens fill the vocabulary (official: pad = eos). Remove this mark once fixed.",
-                   strict=False)
 def test_converted_model_with_full_vocabulary_tokenizer_loads(tmp_path, monkeypatch):
     """Vicuna's tokenizer has exactly vocab_size tokens and no <pad>; the converted file must load."""
     import official_fixtures
