@@ -88,7 +88,8 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                 continue  # an unconnected optional socket is simply not listed
             if isinstance(value, list):
                 link_id = len(links) + 1
-                links.append([link_id, int(value[0]), value[1], int(nid), len(inputs), slot["type"]])
+                src_type = object_info[api[value[0]]["class_type"]]["output"][value[1]]
+                links.append([link_id, int(value[0]), value[1], int(nid), len(inputs), src_type])
                 slot["link"] = link_id
                 out_links.setdefault((value[0], value[1]), []).append(link_id)
             inputs.append(slot)

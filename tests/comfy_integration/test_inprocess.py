@@ -1,0 +1,192 @@
+"""Node behaviour that a server run cannot provoke: OOM fallback, memory calls, folder registration,
+lazy gate, the official tier with a stand-in VAE, no leaked model references.
+
+ComfyUI's modules are imported into this process (with --cpu set first, as on a GPU-less CI box),
+so run it with an interpreter that has ComfyUI's requirements, e.g.
+    COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests/comfy_integration
+"""
+import gc
+import importlib.util
+import json
+import os
+import sys
+import weakref
+
+import pytest
+import torch
+
+from comfy_client import REPO
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    """The pack imported the way ComfyUI imports it (a package from a file path), plus a tiny model."""
+    if not COMFYUI_PATH:
+        pytest.skip("COMFYUI_PATH is not set to a ComfyUI checkout")
+    sys.path.insert(0, COMFYUI_PATH)
+    try:
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = True  # before comfy.model_management probes for CUDA
+        import comfy.model_management  # noqa: F401
+        import folder_paths
+    except ImportError as e:
+        pytest.skip(f"this interpreter lacks ComfyUI's requirements ({e}); use COMFYUI_PYTHON's")
+    spec = importlib.util.spec_from_file_location("comfyui_rar_inprocess", os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    from tiny_model import write_tiny_model
+    folder = tmp_path_factory.mktemp("rar_models")
+    write_tiny_model(str(folder / "tiny.safetensors"))
+    write_tiny_model(str(folder / "tiny_official.safetensors"), official=True)
+    folder_paths.folder_names_and_paths["rar"][0].append(str(folder))
+    return module
+
+
+def node(pack, name):
+    return getattr(pack.nodes, name)
+
+
+def load(pack, name="tiny.safetensors", dtype="auto"):
+    return node(pack, "RARModelLoader").execute(name, dtype)[0]
+
+
+def test_entrypoint_lists_every_node(pack):
+    import asyncio
+    ext = asyncio.run(pack.comfy_entrypoint())
+    ids = [n.GET_SCHEMA().node_id for n in asyncio.run(ext.get_node_list())]
+    assert len(ids) == 9 and all(i.startswith("RAR") for i in ids)
+
+
+def test_register_folder_keeps_yaml_paths_and_filter(pack):
+    import folder_paths
+    saved = folder_paths.folder_names_and_paths["rar"]
+    try:
+        folder_paths.folder_names_and_paths["rar"] = (["/from/extra_model_paths"], set())
+        pack.nodes.register_folder()
+        paths, exts = folder_paths.folder_names_and_paths["rar"]
+        assert paths[0] == "/from/extra_model_paths" and paths[1].endswith(os.path.join("models", "rar"))
+        assert exts == set(folder_paths.supported_pt_extensions)
+    finally:
+        folder_paths.folder_names_and_paths["rar"] = saved
+
+
+def test_prepare_asks_comfy_for_memory(pack, monkeypatch):
+    import comfy.model_management as mm
+    calls = []
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, **kw: calls.append((models, kw)))
+    handle = load(pack)
+    latent = node(pack, "RARLatentEncode").execute(handle, torch.rand(1, 64, 64, 3))[0]
+    node(pack, "RARAssess").execute(handle, latent)
+    assert calls and all(m == [handle.patcher] for m, _ in calls)
+    assert all(kw["memory_required"] > 0 and kw["force_full_load"] for _, kw in calls)
+    assert latent["samples"].device == mm.intermediate_device()
+
+
+def _oom_above(model, monkeypatch, side):
+    """Make RAR.run raise a CUDA-style OOM for latents larger than `side`."""
+    real = model.run
+
+    def run(z, **kw):
+        if max(z.shape[-2:]) > side:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(z, **kw)
+    monkeypatch.setattr(model, "run", run)
+
+
+def test_loop_falls_back_to_tiles_on_oom(pack, monkeypatch):
+    handle = load(pack)
+    image = torch.rand(1, 640, 576, 3)
+    latent = node(pack, "RARLatentEncode").execute(handle, image)[0]
+    _oom_above(handle.model, monkeypatch, 512 // handle.config.codec.downsample)
+    out = node(pack, "RARLoop").execute(handle, latent, 2, 2, "fixed")
+    assert out[0]["samples"].shape == latent["samples"].shape
+    assert json.loads(out[2])[0]["tiles"] > 1
+
+
+def test_restore_image_falls_back_to_tiles_on_oom(pack, monkeypatch):
+    handle = load(pack)
+    _oom_above(handle.model, monkeypatch, 256 // handle.config.codec.downsample)
+    image, trace = node(pack, "RARRestoreImage").execute(handle, torch.rand(2, 300, 280, 3), 1, 2, "fixed")[:2]
+    assert image.shape == (2, 300, 280, 3)
+    assert json.loads(trace)[0]["tiles"] > 1
+
+
+def test_other_errors_are_not_mistaken_for_oom(pack, monkeypatch):
+    handle = load(pack)
+    latent = node(pack, "RARLatentEncode").execute(handle, torch.rand(1, 64, 64, 3))[0]
+
+    def broken(z, **kw):
+        raise ValueError("something else")
+    monkeypatch.setattr(handle.model, "run", broken)
+    with pytest.raises(ValueError, match="something else"):
+        node(pack, "RARLoop").execute(handle, latent, 2, 2, "fixed")
+
+
+def test_gate_skips_the_candidate_when_all_clean(pack):
+    Assessment = pack.rar_core.loop.Assessment
+    gate = node(pack, "RARVerifyGate")
+    clean, dirty = Assessment(["Clean", "Clean"], []), Assessment(["Clean", "Noise"], [])
+    assert gate.check_lazy_status(None, None, None, clean) == ["previous"]
+    assert gate.check_lazy_status(None, {"samples": 0}, None, clean) == []
+    assert gate.check_lazy_status(None, None, None, dirty) == ["previous", "candidate"]
+    assert gate.check_lazy_status(None, None, None, None) == ["previous", "candidate"]
+
+
+def test_loader_keeps_no_reference(pack):
+    """No module-level cache: dropping the loader output frees the model."""
+    handle = load(pack)
+    ref = weakref.ref(handle.model)
+    del handle
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_dtype_option(pack, dtype):
+    handle = load(pack, dtype=dtype)
+    assert handle.dtype == pack.nodes.model.DTYPES[dtype]
+    latent = node(pack, "RARLatentEncode").execute(handle, torch.rand(1, 48, 48, 3))[0]
+    out = node(pack, "RARLoop").execute(handle, latent, 1, 1, "fixed")
+    assert torch.isfinite(out[0]["samples"]).all()
+
+
+class StandInSD3VAE:
+    """What the official tier needs from a ComfyUI VAE: 16 latent channels, 8x, encode/decode IMAGE."""
+    latent_channels = 16
+
+    def encode(self, pixels):
+        x = pixels.movedim(-1, 1)
+        x = torch.nn.functional.avg_pool2d(x, 8)
+        return torch.cat([x] * 5 + [x[:, :1]], 1)
+
+    def decode(self, samples):
+        return torch.nn.functional.interpolate(samples[:, :3], scale_factor=8).clamp(0, 1).movedim(1, -1)
+
+
+def test_official_tier_with_the_users_vae(pack):
+    handle = load(pack, "tiny_official.safetensors")
+    assert handle.official
+    vae = StandInSD3VAE()
+    image = torch.rand(1, 70, 90, 3)
+    restored, trace = node(pack, "RARRestoreImage").execute(handle, image, 2, 2, "fixed", vae)[:2]
+    assert restored.shape == image.shape and json.loads(trace)[0]["rounds"] == 2
+    latent = node(pack, "RARLatentEncode").execute(handle, image, vae)[0]
+    assert latent["rar_latent_format"] == "sd3"
+    out = node(pack, "RARLoop").execute(handle, latent, 1, 1, "fixed")[0]
+    assert out["samples"].shape == latent["samples"].shape
+    # a core VAE Encode latent (no tag) of an 8-px multiple size is accepted and padded internally
+    core = {"samples": vae.encode(torch.rand(1, 72, 88, 3))}
+    assert node(pack, "RARLoop").execute(handle, core, 1, 1, "fixed")[0]["samples"].shape == core["samples"].shape
+    with pytest.raises(ValueError, match="VAE Decode"):
+        node(pack, "RARLatentDecode").execute(handle, latent)
+
+
+def test_preview_is_a_small_jpeg(pack):
+    for name in ("tiny.safetensors", "tiny_official.safetensors"):
+        handle = load(pack, name)
+        kind, img, size = pack.nodes.loop.preview(handle, torch.randn(1, 16, 128, 96))
+        assert kind == "JPEG" and max(img.size) <= 32 * handle.config.codec.downsample
