@@ -33,8 +33,9 @@ def load_image(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
         raise ImageError(f"input not found: {path}")
     try:
         with Image.open(path) as im:
+            fmt = im.format  # exif_transpose returns a copy that no longer knows it
             im = ImageOps.exif_transpose(im)
-            arr, alpha = _to_array(im)
+            arr, alpha = _to_array(im, fmt)
     except UnidentifiedImageError as e:
         raise ImageError(f"{path.name} is not an image PIL can read") from e
     except OSError as e:
@@ -43,11 +44,14 @@ def load_image(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous(), alpha
 
 
-def _to_array(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def _to_array(im: Image.Image, fmt: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     alpha = None
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im).astype(np.float32)
-        a = a / (65535.0 if a.max() > 255 else 255.0)
+        # 16-bit data is always on the 0..65535 scale, however dark the picture (a max <= 255
+        # does not make it 8-bit); only a 32-bit "I" image from another format is guessed.
+        sixteen = im.mode != "I" or fmt == "PNG" or a.max() > 255
+        a = a / (65535.0 if sixteen else 255.0)
         return np.repeat(np.clip(a, 0, 1)[..., None], 3, axis=2), None
     if im.mode == "F":
         a = np.clip(np.asarray(im, dtype=np.float32), 0, 1)
