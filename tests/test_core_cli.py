@@ -229,7 +229,7 @@ def test_argument_errors(capsys):
 def test_cli_as_a_module_in_a_subprocess(tmp_path, tiny_model_path):
     src = write_image(tmp_path / "in.png", 37, 21)
     out = tmp_path / "out.png"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "rar_core.cli", "restore", str(src), "-o", str(out), "--model", str(tiny_model_path),
          "--max-rounds", "1", "--steps", "1", "--trace", str(tmp_path / "t.json")],
