@@ -52,7 +52,7 @@ class StageConfig:
 
 
 DEFAULTS = {
-    "codec": StageConfig(steps=1200, batch=12, crop=64, lr=1e-3),
+    "codec": StageConfig(steps=2000, batch=12, crop=64, lr=1e-3),
     "lqa": StageConfig(steps=600, batch=16, crop=64, lr=5e-4),
     "uir": StageConfig(steps=1200, batch=12, crop=96, lr=4e-4),
     "connector": StageConfig(steps=600, batch=12, crop=96, lr=2e-4),
@@ -258,7 +258,7 @@ def step_e2e(model, pool, rng, cfg, gen):
     a_better = cand_better ^ swap
     prefix = model.lqa.prompt_embeds(prompts.compare_segments(prompts.COMPARE[-1]), [A, B])
     _, cmp_loss = model.lqa.teacher_forced(prefix, ["Image A" if b else "Image B" for b in a_better.tolist()])
-    return total + 0.1 * lm_total + 0.1 * cmp_loss, {"flow": float(total), "cmp": float(cmp_loss)}
+    return total + 0.1 * lm_total + 0.1 * cmp_loss, {"flow": float(total.detach()), "cmp": float(cmp_loss.detach())}
 
 
 STEP = {"codec": step_codec, "lqa": step_lqa, "uir": step_uir, "connector": step_connector, "e2e": step_e2e}

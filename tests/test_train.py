@@ -1,0 +1,98 @@
+"""A tiny end-to-end run of every training stage, resumption, and the recipe's pieces."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_tiny_config
+from rar_core import train as T
+from rar_core.checkpoint import build_model, load_rar, save_rar
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Three smooth synthetic photos in the fetch_data manifest layout (+1 eval never used)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    images = []
+    for i, split in enumerate(["train", "train", "train", "eval"]):
+        yy, xx = np.mgrid[0:80, 0:96] / 80.0
+        img = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), xx * yy], -1) * 0.4 + 0.5
+        img = np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1)
+        f = f"{split}/img{i}.png"
+        (root / split).mkdir(exist_ok=True)
+        Image.fromarray((img * 255).astype(np.uint8)).save(root / f)
+        images.append({"file": f, "split": split})
+    (root / "manifest.json").write_text(json.dumps({"images": images}))
+    return root
+
+
+def test_photo_pool_reads_train_split_only(data_dir):
+    pool = T.PhotoPool(data_dir)
+    assert len(pool.images) == 3
+    crop = pool.crop(np.random.default_rng(1), 32)
+    assert crop.shape == (32, 32, 3) and crop.dtype == np.float32 and 0 <= crop.min() and crop.max() <= 1
+
+
+def test_primary_label_is_the_outermost_degradation():
+    assert T.primary([]) == T.CLEAN
+    assert T.primary(["haze", "noise", "jpeg"]) == "JPEG compression"
+
+
+def test_every_stage_trains_and_resumes(tmp_path, data_dir):
+    torch.manual_seed(0)
+    init = save_rar(build_model(make_tiny_config(), seed=0), tmp_path / "init.safetensors")
+    out = tmp_path / "runs"
+    cfg = T.StageConfig(steps=2, batch=2, crop=32, lr=1e-3, log_every=1, save_every=1)
+    before = load_rar(init).state_dict()
+    T.train_stage("codec", out, data_dir, cfg, seed=0, init=init, quiet=True)
+    for stage in T.STAGES[1:]:
+        T.train_stage(stage, out, data_dir, cfg, seed=0, quiet=True)
+    for stage in T.STAGES:
+        assert T.stage_path(out, stage).is_file()
+        log = [json.loads(line) for line in (out / f"log-{stage}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+    final = load_rar(T.stage_path(out, "e2e"))
+    after = final.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert {"codec", "lqa", "connector", "uir"} <= changed
+    # codec stage calibrates the latent normalisation (zero mean, unit std)
+    assert final.config.codec.scale != 1.0
+
+    # resume: a longer run of a finished stage continues from its saved step
+    cfg3 = T.StageConfig(steps=3, batch=2, crop=32, lr=1e-3, log_every=1, save_every=1)
+    T.train_stage("uir", out, data_dir, cfg3, seed=0, quiet=True)
+    steps = [json.loads(line)["step"] for line in (out / "log-uir.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_state_roundtrip_restores_model_and_optimizer(tmp_path):
+    model = build_model(make_tiny_config(), seed=0)
+    params = T.trainable(model, "connector")
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    loss = sum(p.float().pow(2).sum() for p in params)
+    loss.backward()
+    opt.step()
+    T.save_state(tmp_path / "s.safetensors", model, opt, 7)
+    other = build_model(make_tiny_config(), seed=1)
+    opt2 = torch.optim.AdamW(T.trainable(other, "connector"), lr=1e-3)
+    assert T.load_state(tmp_path / "s.safetensors", other, opt2) == 7
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
+
+
+def test_missing_previous_stage_is_a_clear_error(tmp_path, data_dir):
+    with pytest.raises(SystemExit, match="run `rar train --stage uir` first"):
+        T.train_stage("connector", tmp_path, data_dir, T.StageConfig(1, 1, 32, 1e-3), quiet=True)
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(SystemExit, match="fetch_data.py"):
+        T.PhotoPool(tmp_path)
