@@ -1,8 +1,11 @@
 """HTTP client for a running ComfyUI (urllib only) and helpers shared by the integration tests."""
+import contextlib
 import copy
 import io
 import json
 import os
+import socket
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -14,6 +17,7 @@ PACK_NAME = "comfyui-rar"  # folder name under custom_nodes = template browser c
 TINY_MODEL = "tiny_rar.safetensors"
 TINY_OFFICIAL = "tiny_rar_official.safetensors"  # official-tier layout: SD3 latents, no codec of its own
 CORRUPT_MODEL = "corrupt_rar.safetensors"
+STARTUP_TIMEOUT_S = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
 RAR_NODES = ["RARModelLoader", "RARLatentEncode", "RARAssess", "RARRestore", "RARVerifyGate", "RARLoop",
              "RARIterate", "RARLatentDecode", "RARRestoreImage"]
 
@@ -122,3 +126,55 @@ def text(entry, node_id):
 def error_of(entry):
     errors = messages(entry, "execution_error")
     return errors[0] if errors else None
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_server(root, comfyui_path, python, extra_args=()):
+    """Run ComfyUI headless on CPU with only this pack loaded (symlinked as custom_nodes/comfyui-rar
+    through an extra_model_paths yaml) and folders under `root`; yields a ComfyClient with .proc."""
+    root = str(root)
+    for d in ("custom_nodes", "input", "output", "temp", "user", os.path.join("models", "rar")):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    link = os.path.join(root, "custom_nodes", PACK_NAME)
+    if not os.path.lexists(link):
+        os.symlink(REPO, link)
+    yaml_path = os.path.join(root, "extra_model_paths.yaml")
+    with open(yaml_path, "w") as f:
+        f.write(f"rar_test:\n  base_path: {root}\n  custom_nodes: custom_nodes\n  rar: models/rar\n")
+    port = _free_port()
+    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--dont-print-server", "--disable-api-nodes",
+           "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", yaml_path,
+           "--input-directory", os.path.join(root, "input"), "--output-directory", os.path.join(root, "output"),
+           "--temp-directory", os.path.join(root, "temp"), "--user-directory", os.path.join(root, "user"),
+           "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME, *extra_args]
+    log_path = os.path.join(root, "comfyui.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=comfyui_path, stdout=log, stderr=subprocess.STDOUT)
+        client = ComfyClient(f"http://127.0.0.1:{port}", log_path)
+        client.proc, client.root = proc, root
+        try:
+            t0 = time.time()
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"ComfyUI exited with {proc.returncode}:\n{client.log_text()[-4000:]}")
+                try:
+                    client.get_json("/system_stats")
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    if time.time() - t0 > STARTUP_TIMEOUT_S:
+                        raise RuntimeError(f"ComfyUI did not start:\n{client.log_text()[-4000:]}")
+                    time.sleep(0.5)
+            yield client
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

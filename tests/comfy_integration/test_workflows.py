@@ -13,7 +13,8 @@ RUNNABLE = ["rar_1_restore_image", "rar_2_stage_graph_loop", "rar_3_stage_graph_
 
 @pytest.fixture(scope="module")
 def model_name(comfy):
-    """The built-in compact model when its weights are packaged, else the tiny test model."""
+    """The built-in compact model when its weights are packaged, else the tiny test model.
+    (The shipped workflows run with it; the heavier loop tests below use the tiny model.)"""
     options = comfy.get_json("/object_info/RARModelLoader")["RARModelLoader"]["input"]["required"]["model_name"][1]
     builtin = [o for o in options["options"] if "built-in" in o]
     return builtin[0] if builtin else TINY_MODEL
@@ -62,11 +63,11 @@ def test_diffusion_workflow_only_lacks_the_checkpoint(comfy, model_name, image_n
 
 
 @pytest.mark.parametrize("mode", ["fixed", "once", "adaptive"])
-def test_loop_and_iterate_agree(comfy, model_name, image_name, mode):
+def test_loop_and_iterate_agree(comfy, image_name, mode):
     """RAR Iterate (graph expansion) gives the same latent and trace as RAR Loop (one node)."""
     results = []
     for name in ("rar_2_stage_graph_loop", "rar_3_stage_graph_iterate"):
-        api = prepare(load_twin(name), image_name, model_name, max_rounds=3, mode=mode)
+        api = prepare(load_twin(name), image_name, TINY_MODEL, max_rounds=3, mode=mode)
         entry = comfy.run(api)
         assert entry["status"]["status_str"] == "success", error_of(entry)
         trace = json.loads(text(entry, "9"))
@@ -81,8 +82,8 @@ def test_loop_and_iterate_agree(comfy, model_name, image_name, mode):
         assert trace_loop[0]["rounds"] == 3
 
 
-def test_batch_restores_every_item(comfy, model_name, image_name):
-    api = prepare(load_twin("rar_1_restore_image"), image_name, model_name, mode="fixed", max_rounds=2)
+def test_batch_restores_every_item(comfy, image_name):
+    api = prepare(load_twin("rar_1_restore_image"), image_name, TINY_MODEL, mode="fixed", max_rounds=2)
     api["20"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}}
     api["3"]["inputs"]["image"] = ["20", 0]
     entry = comfy.run(api)
@@ -92,8 +93,8 @@ def test_batch_restores_every_item(comfy, model_name, image_name):
     assert [t["rounds"] for t in trace] == [2, 2, 2]
 
 
-def test_requeue_hits_the_cache(comfy, model_name, image_name):
-    api = prepare(load_twin("rar_2_stage_graph_loop"), image_name, model_name)
+def test_requeue_hits_the_cache(comfy, image_name):
+    api = prepare(load_twin("rar_2_stage_graph_loop"), image_name, TINY_MODEL)
     api["8"]["inputs"]["filename_prefix"] = "RAR/cache_test"
     first = comfy.run(api)
     assert first["status"]["status_str"] == "success", error_of(first)

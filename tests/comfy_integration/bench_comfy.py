@@ -1,0 +1,173 @@
+"""Benchmarks of the node pack inside a real ComfyUI (CPU), for BENCHMARKS.md. Not a test.
+
+    COMFYUI_PATH=/path/to/ComfyUI python tests/comfy_integration/bench_comfy.py \
+        [--python /path/to/comfy-venv/bin/python] [--size 128] [--rounds 2] [--out bench.json]
+
+1. overhead: RAR Restore Image / the RAR Loop stage graph in ComfyUI vs rar_core.restore_image
+   (what `rar restore` runs) on the same images and settings, same interpreter, model loaded;
+   ComfyUI time is the whole prompt (execution_start -> execution_success), so it includes
+   LoadImage and SaveImage.
+2. memory: ComfyUI's RSS during 100 rounds of RAR Loop, and after each of 20 queued prompts.
+3. iterate: RAR Iterate's extra time per round over RAR Loop, at 4..32 rounds.
+Models have random weights (the compact architecture for 1, the tiny test model for 2 and 3), run
+in fixed mode so every round does the same work.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from comfy_client import REPO, load_twin, prepare, start_server  # noqa: E402
+from tiny_model import write_tiny_model  # noqa: E402
+
+COMPACT, TINY = "compact_random.safetensors", "tiny_rar.safetensors"
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def prompt_seconds(entry):
+    ts = {name: data.get("timestamp") for name, data in entry["status"]["messages"]}
+    return (ts["execution_success"] - ts["execution_start"]) / 1000
+
+
+def images(client, root, n, size, tag):
+    rng = np.random.default_rng(abs(hash(tag)) % 2**32)
+    names = []
+    for i in range(n):
+        arr = (rng.random((size, size, 3)) * 255).astype("uint8")
+        Image.fromarray(arr).save(os.path.join(root, f"{tag}_{i}.png"))
+        names.append(client.upload_image(Image.fromarray(arr), f"{tag}_{i}.png"))
+    return names
+
+
+def direct_seconds(python, model_path, paths, rounds, steps):
+    """rar_core.restore_image timed in a fresh process of the same interpreter (model loaded once)."""
+    code = f"""
+import sys, time, json, torch
+sys.path.insert(0, {REPO!r})
+from rar_core.checkpoint import load_rar
+from rar_core.image import load_image
+from rar_core.loop import restore_image
+m = load_rar({model_path!r})
+out = []
+for i, p in enumerate({paths!r}):
+    x, _ = load_image(p)
+    t = time.perf_counter()
+    restore_image(m, x, {rounds}, {steps}, "fixed")
+    out.append(time.perf_counter() - t)
+print(json.dumps(out))
+"""
+    res = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_overhead(client, python, root, size, rounds, steps, n=3):
+    names = images(client, root, n + 1, size, "ovh")
+    results = {}
+    for label, twin in (("restore_image_node", "rar_1_restore_image"), ("loop_stage_graph", "rar_2_stage_graph_loop")):
+        api = prepare(load_twin(twin), names[0], COMPACT, max_rounds=rounds, steps=steps, mode="fixed")
+        api = {k: v for k, v in api.items() if v["class_type"] not in ("PreviewAny", "RARAssess")}
+        client.run(api)  # warm-up: loads the model, which then stays cached
+        times = []
+        for name in names[1:]:
+            api["1"]["inputs"]["image"] = name
+            times.append(prompt_seconds(client.run(api)))
+        results[label] = times
+    direct = direct_seconds(python, os.path.join(root, "models", "rar", COMPACT),
+                            [os.path.join(root, f"ovh_{i}.png") for i in range(n + 1)], rounds, steps)[1:]
+    results["rar_core_restore_image"] = direct
+    base = float(np.median(direct))
+    return {"size": size, "rounds": rounds, "steps": steps, "seconds": results,
+            "overhead_pct": {k: 100 * (float(np.median(v)) / base - 1) for k, v in results.items()}}
+
+
+def bench_memory(client, root, size=128):
+    pid = client.proc.pid
+    name = images(client, root, 1, size, "mem")[0]
+    api = prepare(load_twin("rar_2_stage_graph_loop"), name, TINY, max_rounds=100, mode="fixed")
+    status, body = client.queue(api)
+    samples = []
+    while True:
+        entry = client.get_json(f"/history/{body['prompt_id']}").get(body["prompt_id"])
+        samples.append(rss_mb(pid))
+        if entry and entry["status"].get("completed"):
+            break
+        time.sleep(0.1)
+    loop = {"rss_mb_first_10pct": float(np.max(samples[: max(1, len(samples) // 10)])),
+            "rss_mb_max": float(np.max(samples)), "rss_mb_end": samples[-1], "samples": len(samples)}
+    names = images(client, root, 20, size, "queue")
+    after = []
+    for n in names:
+        a = prepare(load_twin("rar_2_stage_graph_loop"), n, TINY, max_rounds=4, mode="fixed")
+        client.run(a)
+        after.append(rss_mb(pid))
+    growth = lambda first, last: 100 * (last / first - 1)  # noqa: E731
+    return {"loop_100_rounds": {**loop, "growth_pct": growth(loop["rss_mb_first_10pct"], loop["rss_mb_max"])},
+            "queued_20_prompts": {"rss_mb": after, "growth_pct": growth(after[0], after[-1])}}
+
+
+def bench_iterate(client, root, size=64):
+    out = []
+    for n in (4, 8, 16, 32):
+        row = {"rounds": n}
+        for label, twin in (("loop", "rar_2_stage_graph_loop"), ("iterate", "rar_3_stage_graph_iterate")):
+            ts = []
+            for name in images(client, root, 3, size, f"it{n}{label}"):
+                api = prepare(load_twin(twin), name, TINY, max_rounds=n, mode="fixed")
+                ts.append(prompt_seconds(client.run(api)))
+            row[label] = float(np.median(ts))
+        row["overhead_per_round_ms"] = 1000 * (row["iterate"] - row["loop"]) / n
+        out.append(row)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--python", default=os.environ.get("COMFYUI_PYTHON") or sys.executable)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--only", choices=["overhead", "memory", "iterate"])
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    comfyui = os.environ["COMFYUI_PATH"]
+    root = tempfile.mkdtemp(prefix="rar_bench_")
+    os.makedirs(os.path.join(root, "models", "rar"))
+    write_tiny_model(os.path.join(root, "models", "rar", TINY))
+    sys.path.append(REPO)
+    from rar_core.checkpoint import build_model, save_rar
+    from rar_core.config import RARConfig
+    save_rar(build_model(RARConfig.preset("compact"), seed=0), os.path.join(root, "models", "rar", COMPACT))
+    report = {}
+    with start_server(root, comfyui, args.python) as client:
+        if args.only in (None, "overhead"):
+            report["overhead"] = bench_overhead(client, args.python, root, args.size, args.rounds, args.steps)
+            print(json.dumps(report["overhead"]["overhead_pct"]), flush=True)
+        if args.only in (None, "iterate"):
+            report["iterate"] = bench_iterate(client, root)
+            print(json.dumps(report["iterate"]), flush=True)
+        if args.only in (None, "memory"):
+            report["memory"] = bench_memory(client, root)
+            print(json.dumps({k: v["growth_pct"] for k, v in report["memory"].items()}), flush=True)
+    text = json.dumps(report, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
