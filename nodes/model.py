@@ -102,14 +102,19 @@ class RARHandle:
         return next(self.model.parameters()).dtype
 
     def estimate_memory(self, batch: int, height: int, width: int) -> int:
-        """Activation bytes for a batch of images of height x width pixels (weights not included).
+        """Rough activation bytes for a batch of height x width images (weights excluded).
 
-        Measured on the compact model at fp32: about 6 KiB per pixel across codec, LQA and UIR;
-        scaled by the restorer width so the official tier asks for proportionally more.
+        The large terms: the codec's full-resolution feature maps (compact tier only) and the
+        restorer's tokens and attention matrix. A heuristic with a 2x margin, not a measurement;
+        load_models_gpu adds ComfyUI's own reserve on top.
         """
-        per_pixel = 6 * 1024 * max(1.0, self.config.uir.width / 192)
+        cfg = self.config
         elem = torch.finfo(self.dtype).bits // 8
-        return int(batch * height * width * per_pixel * elem / 4)
+        codec = 0 if self.official else cfg.codec.block_out_channels[0] * height * width * 6
+        grid = cfg.codec.downsample * cfg.uir.patch_size
+        tokens = max(1, height // grid) * max(1, width // grid)
+        uir = tokens * cfg.uir.width * 16 + tokens * tokens * cfg.uir.num_attention_heads
+        return int(2 * batch * (codec + uir) * elem)
 
     def prepare(self, batch: int, height: int, width: int) -> torch.device:
         """Ask ComfyUI to load the weights (evicting other models if needed) and return the device.

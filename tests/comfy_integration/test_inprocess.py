@@ -190,3 +190,14 @@ def test_preview_is_a_small_jpeg(pack):
         handle = load(pack, name)
         kind, img, size = pack.nodes.loop.preview(handle, torch.randn(1, 16, 128, 96))
         assert kind == "JPEG" and max(img.size) <= 32 * handle.config.codec.downsample
+
+
+def test_builtin_model_is_offered_and_loads(pack, monkeypatch, tmp_path):
+    """Once rar_core ships its compact weights, the loader lists and loads them first."""
+    from tiny_model import write_tiny_model
+    fake = write_tiny_model(str(tmp_path / "rar-compact.safetensors"))
+    monkeypatch.setattr(pack.rar_core.checkpoint, "BUILTIN", __import__("pathlib").Path(fake))
+    choices = pack.nodes.model.model_choices()
+    assert choices[0] == pack.nodes.model.BUILTIN
+    assert node(pack, "RARModelLoader").validate_inputs(choices[0], "auto") is True
+    assert load(pack, choices[0]).name == choices[0]
