@@ -24,7 +24,20 @@ def _outputs(inputs: list[Path], out: str) -> list[Path]:
     o = Path(out)
     if len(inputs) == 1 and o.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
         return [o]
-    return [o / (p.stem + ".png") for p in inputs]
+    # One output per input, never two with the same name (a.png and a.jpg, or dir1/a.png and
+    # dir2/a.png): later ones get their extension, then a counter, in the name.
+    names: list[Path] = []
+    used: set[str] = set()
+    for p in inputs:
+        name = p.stem + ".png"
+        if name in used:
+            base = f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+            name, k = base + ".png", 2
+            while name in used:
+                name, k = f"{base}_{k}.png", k + 1
+        used.add(name)
+        names.append(o / name)
+    return names
 
 
 def cmd_restore(args) -> int:

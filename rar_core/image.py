@@ -71,9 +71,10 @@ def save_image(image: torch.Tensor, path: str | Path, alpha: np.ndarray | None =
     """[1,3,H,W] or [3,H,W] in [0,1] -> 8-bit PNG/JPEG (RGBA when alpha is given)."""
     x = image[0] if image.dim() == 4 else image
     arr = (x.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    if alpha is not None and alpha.shape == arr.shape[:2]:
-        arr = np.concatenate([arr, (alpha * 255 + 0.5).astype(np.uint8)[..., None]], axis=2)
     path = Path(path)
+    no_alpha = path.suffix.lower() in (".jpg", ".jpeg")  # JPEG cannot store alpha: keep the RGB
+    if alpha is not None and alpha.shape == arr.shape[:2] and not no_alpha:
+        arr = np.concatenate([arr, (alpha * 255 + 0.5).astype(np.uint8)[..., None]], axis=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
 

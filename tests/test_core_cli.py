@@ -240,3 +240,30 @@ def test_cli_as_a_module_in_a_subprocess(tmp_path, tiny_model_path):
         assert im.size == (37, 21)
     assert json.loads((tmp_path / "t.json").read_text())[str(src)]["trace"]
     assert "in.png: " in proc.stdout
+
+
+def test_inputs_with_the_same_name_get_distinct_outputs(tmp_path, tiny_model_path):
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    write_image(d1 / "a.png", 16, 16, seed=1)
+    write_image(d1 / "a.jpg", 20, 16, seed=2)
+    write_image(d2 / "a.png", 24, 16, seed=3)
+    out = tmp_path / "out"
+    trace = tmp_path / "t.json"
+    assert main(["restore", str(d1), str(d2), "-o", str(out), "--model", str(tiny_model_path), "--max-rounds", "1",
+                 "--steps", "1", "--trace", str(trace), "-q"]) == 0
+    outputs = {src: Path(item["output"]) for src, item in json.loads(trace.read_text()).items()}
+    assert len(set(outputs.values())) == 3  # nothing overwritten
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_png.png", "a_png_2.png"]  # d1: a.jpg, a.png; d2: a.png
+    for src, dst in outputs.items():
+        with Image.open(src) as a, Image.open(dst) as b:
+            assert a.size == b.size
+
+
+def test_rgba_input_to_jpeg_output(tmp_path, tiny_model_path):
+    src = tmp_path / "rgba.png"
+    Image.new("RGBA", (20, 20), (200, 10, 10, 128)).save(src)
+    out = tmp_path / "out.jpg"
+    assert main(["restore", str(src), "-o", str(out), "--model", str(tiny_model_path), "--max-rounds", "1",
+                 "--steps", "1", "-q"]) == 0
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.mode == "RGB" and im.size == (20, 20)

@@ -123,6 +123,20 @@ def test_rgba_alpha_preserved(tmp_path):
     assert np.array_equal(back[..., 3], a) and np.array_equal(back[..., :3], arr)
 
 
+def test_save_image_formats(tmp_path):
+    x = torch.rand(1, 3, 16, 18, generator=torch.Generator().manual_seed(0))
+    alpha = np.full((16, 18), 0.5, np.float32)
+    save_image(x, tmp_path / "deep" / "a.jpg", alpha)  # JPEG has no alpha: the RGB is kept
+    with Image.open(tmp_path / "deep" / "a.jpg") as im:
+        assert im.mode == "RGB" and im.size == (18, 16)
+    save_image(x[0], tmp_path / "b.png", alpha)
+    with Image.open(tmp_path / "b.png") as im:
+        assert im.mode == "RGBA"
+        back = np.asarray(im)
+    assert np.all(back[..., 3] == 128)
+    assert np.abs(back[..., :3] / 255.0 - x[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
 def test_gray_alpha(tmp_path):
     la = np.dstack([rgb_array(16, 16)[..., 0], np.full((16, 16), 77, np.uint8)])
     p = tmp_path / "la.png"
