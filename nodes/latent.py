@@ -52,6 +52,16 @@ def check_latent(handle: RARHandle, latent: dict) -> torch.Tensor:
     return samples
 
 
+def check_fits(handle: RARHandle, latent: dict) -> None:
+    """Stage nodes work on the whole latent at once: refuse sizes beyond the restorer's grid."""
+    f = handle.config.codec.downsample
+    h, w = (s * f for s in latent["samples"].shape[-2:])
+    if max(h, w) > handle.max_side:
+        raise RARNodeError(
+            f"A {w}x{h} px image is larger than the RAR model '{handle.name}' takes in one piece "
+            f"({handle.max_side} px a side). Use RAR Loop or RAR Restore Image, which work in tiles.")
+
+
 def to_z(handle: RARHandle, latent: dict, device: torch.device) -> torch.Tensor:
     """LATENT dict -> normalised float32 z on the compute device (rar_core casts to the model dtype).
 

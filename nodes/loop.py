@@ -29,7 +29,7 @@ from .types import CATEGORY, RarModel
 
 ITERATE_MAX_ROUNDS = 32  # expansion overhead grows quadratically with depth (comfyui.md §2.6)
 LOOP_MAX_ROUNDS = 100
-FALLBACK_TILES = [512, 256]  # image tile sides (px) tried, in order, after an out-of-memory error
+TILES = [1024, 512, 256]  # image tile sides (px) tried in order: too large for one piece, or out of memory
 PREVIEW_LATENT_SIDE = 32
 STATE = "rar_iterate_state"  # private key: RAR Iterate's loop state, carried inside the latent dict between rounds  # previews decode a latent pooled to at most this many latent pixels a side
 
@@ -79,6 +79,11 @@ def progress(handle: RARHandle, max_rounds: int, node_id=None):
         mm.throw_exception_if_processing_interrupted()
         pbar.update_absolute(n, max_rounds, preview(handle, z_now))
     return callback
+
+
+def tile_sizes(handle: RARHandle, h: int, w: int) -> list:
+    """Whole image (None) when the restorer's grid covers it, then ever smaller tiles that it does."""
+    return ([None] if max(h, w) <= handle.max_side else []) + [t for t in TILES if t <= handle.max_side]
 
 
 def with_tile_fallback(work, tiles: list):
@@ -140,7 +145,7 @@ class RARLoop(io.ComfyNode):
         callback = progress(rar_model, max_rounds, cls.hidden.unique_id if cls.hidden is not None else None)
         z, rounds, trace, tiles = with_tile_fallback(
             lambda tile: loop_latent(rar_model, z, max_rounds, steps, mode, callback, tile),
-            [None] + [t // f for t in FALLBACK_TILES])
+            [t and t // f for t in tile_sizes(rar_model, h * f, w * f)])
         return io.NodeOutput(L.from_z(rar_model, z, latent), max(rounds), trace_json(rounds, trace, tiles),
                              ui=ui.PreviewText(summary(rounds, trace)))
 
@@ -188,6 +193,7 @@ class RARIterate(io.ComfyNode):
         state = latent.pop(STATE, None)
         if state is None:
             b = L.check_latent(rar_model, latent).shape[0]
+            L.check_fits(rar_model, latent)
             state = {"round": 0, "active": list(range(b)), "rounds": [0] * b, "trace": [[] for _ in range(b)],
                      "assessment": None}
         else:
@@ -278,7 +284,7 @@ class RARRestoreImage(io.ComfyNode):
             return official_restore(rar_model, vae, x, max_rounds, steps, mode, callback, tile)
 
         with torch.inference_mode():
-            out, rounds, trace, tiles = with_tile_fallback(work, [None] + FALLBACK_TILES)
+            out, rounds, trace, tiles = with_tile_fallback(work, tile_sizes(rar_model, h, w))
         return io.NodeOutput(out.movedim(1, -1).float().to(mm.intermediate_device()),
                              trace_json(rounds, trace, tiles), ui=ui.PreviewText(summary(rounds, trace)))
 

@@ -98,6 +98,13 @@ class RARHandle:
         return self.model.codec is None
 
     @property
+    def max_side(self) -> int:
+        """Largest image side (px) the restorer's position grid covers in one piece; larger
+        images go through RAR Loop / RAR Restore Image, which tile."""
+        uir = self.config.uir
+        return uir.pos_embed_max_size * uir.patch_size * self.config.codec.downsample
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 

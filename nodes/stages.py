@@ -116,6 +116,7 @@ class RARAssess(io.ComfyNode):
 
     @classmethod
     def execute(cls, rar_model: RARHandle, latent) -> io.NodeOutput:
+        L.check_fits(rar_model, latent)
         b, _, h, w = latent["samples"].shape
         f = rar_model.config.codec.downsample
         device = rar_model.prepare(b, h * f, w * f)
@@ -146,6 +147,7 @@ class RARRestore(io.ComfyNode):
         b, _, h, w = latent["samples"].shape
         if len(assessment.answer) != b:
             raise L.RARNodeError(f"The assessment is for {len(assessment.answer)} images but the latent holds {b}.")
+        L.check_fits(rar_model, latent)
         f = rar_model.config.codec.downsample
         device = rar_model.prepare(b, h * f, w * f)
         z = L.to_z(rar_model, latent, device)
@@ -187,6 +189,7 @@ class RARVerifyGate(io.ComfyNode):
         if candidate["samples"].shape != previous["samples"].shape:
             raise L.RARNodeError(f"Candidate {tuple(candidate['samples'].shape)} and previous "
                                  f"{tuple(previous['samples'].shape)} latents differ in shape.")
+        L.check_fits(rar_model, previous)
         b, _, h, w = previous["samples"].shape
         f = rar_model.config.codec.downsample
         device = rar_model.prepare(2 * b, h * f, w * f)

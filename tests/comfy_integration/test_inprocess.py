@@ -201,3 +201,14 @@ def test_builtin_model_is_offered_and_loads(pack, monkeypatch, tmp_path):
     assert choices[0] == pack.nodes.model.BUILTIN
     assert node(pack, "RARModelLoader").validate_inputs(choices[0], "auto") is True
     assert load(pack, choices[0]).name == choices[0]
+
+
+def test_images_beyond_the_restorer_grid_are_tiled_or_refused(pack):
+    handle = load(pack)
+    wide = torch.rand(1, 64, handle.max_side + 80, 3)
+    image, trace = node(pack, "RARRestoreImage").execute(handle, wide, 1, 1, "fixed")[:2]
+    assert image.shape == wide.shape and json.loads(trace)[0]["tiles"] > 1
+    latent = node(pack, "RARLatentEncode").execute(handle, wide)[0]
+    assert node(pack, "RARLoop").execute(handle, latent, 1, 1, "fixed")[0]["samples"].shape == latent["samples"].shape
+    with pytest.raises(ValueError, match="RAR Loop or RAR Restore Image"):
+        node(pack, "RARAssess").execute(handle, latent)
