@@ -1,8 +1,8 @@
 """Staged training of a RAR model (Sec. 6), sized so the compact recipe runs on 2 CPU cores.
 
     codec      the latent codec (L1 + MSE reconstruction), then the latent normalisation stats
-    lqa        A_I + the IQA LM on identification and A/B comparison questions (LM loss)
     uir        the restorer alone on single degradations, degraded->clean flow loss (Eq. 4)
+    lqa        A_I + the IQA LM on identification and A/B comparison questions (LM loss)
     connector  A_Q + restorer on single and composite degradations, LQA frozen (teacher forced)
     e2e        recurrent end-to-end training (Eq. 5-6): 4 rounds weighted (0.2, 0.3, 0.4, 1.0),
                each round's predicted clean latent feeds the next without a gradient cut
@@ -35,8 +35,10 @@ from .config import RARConfig
 from .loop import RAR
 from .uir import flow_loss, sample_s
 
-STAGES = ("codec", "lqa", "uir", "connector", "e2e")
-PREVIOUS = {"codec": None, "lqa": "codec", "uir": "lqa", "connector": "uir", "e2e": "connector"}
+# The paper's order (Sec. 6.1): UIR pre-training, LQA stages, connector, end-to-end.
+STAGES = ("codec", "uir", "lqa", "connector", "e2e")
+PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector"}
+STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4}  # fixed, whatever the order
 ROUND_WEIGHTS = (0.2, 0.3, 0.4, 1.0)
 CLEAN = "Clean"
 
@@ -53,9 +55,9 @@ class StageConfig:
 
 DEFAULTS = {
     "codec": StageConfig(steps=2000, batch=12, crop=64, lr=1e-3),
-    "lqa": StageConfig(steps=600, batch=16, crop=64, lr=5e-4),
-    "uir": StageConfig(steps=1200, batch=12, crop=96, lr=4e-4),
-    "connector": StageConfig(steps=600, batch=12, crop=96, lr=2e-4),
+    "lqa": StageConfig(steps=2000, batch=16, crop=64, lr=5e-4),
+    "uir": StageConfig(steps=1000, batch=12, crop=96, lr=4e-4),
+    "connector": StageConfig(steps=500, batch=12, crop=96, lr=2e-4),
     "e2e": StageConfig(steps=250, batch=6, crop=96, lr=1e-4),
 }
 
@@ -308,7 +310,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {stage}", disable=quiet)
     ema, t0 = None, time.time()
     for step in bar:
-        rng = np.random.default_rng([seed, STAGES.index(stage), step])
+        rng = np.random.default_rng([seed, STAGE_SEED[stage], step])
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * sched(step)

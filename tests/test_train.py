@@ -88,7 +88,7 @@ def test_state_roundtrip_restores_model_and_optimizer(tmp_path):
 
 
 def test_missing_previous_stage_is_a_clear_error(tmp_path, data_dir):
-    with pytest.raises(SystemExit, match="run `rar train --stage uir` first"):
+    with pytest.raises(SystemExit, match="run `rar train --stage lqa` first"):
         T.train_stage("connector", tmp_path, data_dir, T.StageConfig(1, 1, 32, 1e-3), quiet=True)
 
 
