@@ -6,6 +6,8 @@
     connector  A_Q + restorer on single and composite degradations, LQA frozen (teacher forced)
     e2e        recurrent end-to-end training (Eq. 5-6): 4 rounds weighted (0.2, 0.3, 0.4, 1.0),
                each round's predicted clean latent feeds the next without a gradient cut
+    decoder    decoder-only fine-tuning of the codec: the encoder (so every latent the other
+               stages learned on) stays fixed, only the final decode gets sharper
 
 Every stage reads the previous stage's model file and writes its own; training state (model,
 optimiser, step) is checkpointed to safetensors so a stopped run resumes where it was. Random
@@ -36,9 +38,9 @@ from .loop import RAR
 from .uir import flow_loss, sample_s
 
 # The paper's order (Sec. 6.1): UIR pre-training, LQA stages, connector, end-to-end.
-STAGES = ("codec", "uir", "lqa", "connector", "e2e")
-PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector"}
-STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4}  # fixed, whatever the order
+STAGES = ("codec", "uir", "lqa", "connector", "e2e", "decoder")
+PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector", "decoder": "e2e"}
+STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4, "decoder": 5}  # fixed, whatever the order
 ROUND_WEIGHTS = (0.2, 0.3, 0.4, 1.0)
 CLEAN = "Clean"
 
@@ -59,6 +61,7 @@ DEFAULTS = {
     "uir": StageConfig(steps=1000, batch=12, crop=96, lr=4e-4),
     "connector": StageConfig(steps=500, batch=12, crop=96, lr=2e-4),
     "e2e": StageConfig(steps=250, batch=6, crop=96, lr=1e-4),
+    "decoder": StageConfig(steps=1000, batch=8, crop=96, lr=5e-4),
 }
 
 
@@ -149,7 +152,9 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
         "uir": [model.uir],
         "connector": [model.connector, model.uir],
         "e2e": [model.connector, model.uir, model.lqa],
+        "decoder": [model.codec.vae.decoder, model.codec.vae.post_quant_conv],
     }[stage]
+    parts = [m for m in parts if m is not None]
     params = [p for m in parts for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -263,7 +268,16 @@ def step_e2e(model, pool, rng, cfg, gen):
     return total + 0.1 * lm_total + 0.1 * cmp_loss, {"flow": float(total.detach()), "cmp": float(cmp_loss.detach())}
 
 
-STEP = {"codec": step_codec, "lqa": step_lqa, "uir": step_uir, "connector": step_connector, "e2e": step_e2e}
+def step_decoder(model, pool, rng, cfg, gen):
+    x = to_tensor([pool.crop(rng, cfg.crop) for _ in range(cfg.batch)])
+    with torch.no_grad():
+        z = model.codec.encode(x)
+    rec = (model.codec.vae.decode(model.codec.process_out(z)).sample + 1) / 2
+    loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+    return loss, {"psnr": -10 * math.log10(F.mse_loss(rec.clamp(0, 1), x).item() + 1e-12)}
+
+
+STEP = {"decoder": step_decoder, "codec": step_codec, "lqa": step_lqa, "uir": step_uir, "connector": step_connector, "e2e": step_e2e}
 
 
 @torch.no_grad()
