@@ -85,21 +85,6 @@ def make_tiny_model(seed: int = 0, config: RARConfig | None = None):
     return build_model(config or make_tiny_config(), seed=seed).eval()
 
 
-# Test modules directly in tests/ may `from conftest import make_tiny_config`. The module name
-# "conftest" is shared with tests/comfy_integration/conftest.py, which pytest imports first (its
-# folder sorts before the test_*.py files) and which then owns sys.modules["conftest"]; point the
-# name back at this file right before each top-level test module is imported.
-_THIS = sys.modules[__name__]
-_TESTS = Path(__file__).resolve().parent
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_make_collect_report(collector):
-    if isinstance(collector, pytest.Module) and Path(collector.path).resolve().parent == _TESTS:
-        sys.modules["conftest"] = _THIS
-    return None  # the default implementation collects as usual
-
-
 @pytest.fixture
 def tiny_config() -> RARConfig:
     """A fresh TINY RARConfig (mutable: each test gets its own)."""

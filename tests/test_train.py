@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_tiny_config
 from rar_core import train as T
 from rar_core.checkpoint import build_model, load_rar, save_rar
 
@@ -44,9 +43,9 @@ def test_primary_label_is_the_outermost_degradation():
     assert T.primary(["haze", "noise", "jpeg"]) == "JPEG compression"
 
 
-def test_every_stage_trains_and_resumes(tmp_path, data_dir):
+def test_every_stage_trains_and_resumes(tmp_path, data_dir, tiny_config):
     torch.manual_seed(0)
-    init = save_rar(build_model(make_tiny_config(), seed=0), tmp_path / "init.safetensors")
+    init = save_rar(build_model(tiny_config, seed=0), tmp_path / "init.safetensors")
     out = tmp_path / "runs"
     cfg = T.StageConfig(steps=2, batch=2, crop=32, lr=1e-3, log_every=1, save_every=1)
     before = load_rar(init).state_dict()
@@ -71,15 +70,15 @@ def test_every_stage_trains_and_resumes(tmp_path, data_dir):
     assert steps == [1, 2, 3]
 
 
-def test_state_roundtrip_restores_model_and_optimizer(tmp_path):
-    model = build_model(make_tiny_config(), seed=0)
+def test_state_roundtrip_restores_model_and_optimizer(tmp_path, tiny_factory):
+    model = tiny_factory(seed=0)
     params = T.trainable(model, "connector")
     opt = torch.optim.AdamW(params, lr=1e-3)
     loss = sum(p.float().pow(2).sum() for p in params)
     loss.backward()
     opt.step()
     T.save_state(tmp_path / "s.safetensors", model, opt, 7)
-    other = build_model(make_tiny_config(), seed=1)
+    other = tiny_factory(seed=1)
     opt2 = torch.optim.AdamW(T.trainable(other, "connector"), lr=1e-3)
     assert T.load_state(tmp_path / "s.safetensors", other, opt2) == 7
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
