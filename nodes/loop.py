@@ -140,12 +140,13 @@ class RARLoop(io.ComfyNode):
     def execute(cls, rar_model: RARHandle, latent, max_rounds, steps, mode) -> io.NodeOutput:
         b, _, h, w = latent["samples"].shape
         f = rar_model.config.codec.downsample
-        device = rar_model.prepare(2 * b, h * f, w * f)
+        device = rar_model.prepare(2 * b, h * f, w * f, parts=("restorer",))
         z = L.to_z(rar_model, latent, device)
         callback = progress(rar_model, max_rounds, cls.hidden.unique_id if cls.hidden is not None else None)
-        z, rounds, trace, tiles = with_tile_fallback(
-            lambda tile: loop_latent(rar_model, z, max_rounds, steps, mode, callback, tile),
-            [t and t // f for t in tile_sizes(rar_model, h * f, w * f)])
+        with rar_model.staged_loading(2 * b, h * f, w * f):
+            z, rounds, trace, tiles = with_tile_fallback(
+                lambda tile: loop_latent(rar_model, z, max_rounds, steps, mode, callback, tile),
+                [t and t // f for t in tile_sizes(rar_model, h * f, w * f)])
         return io.NodeOutput(L.from_z(rar_model, z, latent), max(rounds), trace_json(rounds, trace, tiles),
                              ui=ui.PreviewText(summary(rounds, trace)))
 
@@ -235,7 +236,7 @@ class RARIterate(io.ComfyNode):
         trace = [list(t) for t in state["trace"]]
         still = []
         for j, i in enumerate(state["active"]):
-            ok = mode == "fixed" or prompts.REJECT not in verdicts[j]
+            ok = mode == "fixed" or prompts.is_improvement(verdicts[j])
             trace[i].append({"round": n, "answer": answers[j], "verdict": verdicts[j], "accepted": ok})
             if ok:
                 samples[i] = round_latent["samples"][j].to(samples.device)
@@ -272,7 +273,7 @@ class RARRestoreImage(io.ComfyNode):
         if rar_model.official:
             L.check_vae(rar_model, vae)
         b, _, h, w = x.shape
-        device = rar_model.prepare(2 * b, h, w)
+        device = rar_model.prepare(2 * b, h, w, parts=("restorer",))
         callback = progress(rar_model, max_rounds, cls.hidden.unique_id if cls.hidden is not None else None)
 
         def work(tile):
@@ -283,7 +284,7 @@ class RARRestoreImage(io.ComfyNode):
                 return res.image, res.rounds, res.trace, res.tiles
             return official_restore(rar_model, vae, x, max_rounds, steps, mode, callback, tile)
 
-        with torch.inference_mode():
+        with torch.inference_mode(), rar_model.staged_loading(2 * b, h, w):
             out, rounds, trace, tiles = with_tile_fallback(work, tile_sizes(rar_model, h, w))
         return io.NodeOutput(out.movedim(1, -1).float().to(mm.intermediate_device()),
                              trace_json(rounds, trace, tiles), ui=ui.PreviewText(summary(rounds, trace)))
@@ -297,7 +298,7 @@ def official_restore(handle: RARHandle, vae, x, max_rounds, steps, mode, callbac
     def one(x_tile):
         padded, (h, w) = rar_image.pad_to_multiple(x_tile, handle.config.pixel_multiple)
         z = (vae.encode(padded.movedim(1, -1)).float() - cfg.shift) * cfg.scale
-        device = handle.prepare(*z.shape[:1], *padded.shape[-2:])  # the VAE may have evicted RAR
+        device = handle.prepare(*z.shape[:1], *padded.shape[-2:], parts=("restorer",))  # the VAE may have evicted RAR
         res = handle.model.run(z.to(device), max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
         results.append(res)
         raw = res.latent.float() / cfg.scale + cfg.shift

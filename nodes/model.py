@@ -7,6 +7,7 @@ node's cached output is the only reference ComfyUI keeps.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -72,11 +73,15 @@ def is_oom(err: BaseException) -> bool:
 
 class _Patchable(torch.nn.Module):
     """ModelPatcher writes bookkeeping attributes (device, model_lowvram, ...) onto the module it
-    manages; RAR.device is a read-only property, so the patcher manages this container instead."""
+    manages; it manages this container of RAR parts instead of the RAR module itself."""
 
-    def __init__(self, rar: torch.nn.Module):
+    def __init__(self, **parts: torch.nn.Module):
         super().__init__()
-        self.rar = rar
+        for name, module in parts.items():
+            setattr(self, name, module)
+
+
+ALL_PARTS = ("codec", "lqa", "restorer")
 
 
 class RARHandle:
@@ -85,8 +90,20 @@ class RARHandle:
     def __init__(self, model: torch.nn.Module, name: str):
         self.model = model.eval()
         self.name = name
-        self.patcher = comfy.model_patcher.ModelPatcher(
-            _Patchable(self.model), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+        # One patcher per part (codec, LQA, A_Q + restorer), so each stage loads only what it uses
+        # and ComfyUI may offload the rest: the official LQA (7 B) and restorer (2.5 B) need not
+        # be resident together on a 24 GB GPU.
+        parts = {
+            "codec": {"codec": model.codec} if model.codec is not None else None,
+            "lqa": {"lqa": model.lqa},
+            "restorer": {"connector": model.connector, "uir": model.uir},
+        }
+        self.patchers = {
+            name: comfy.model_patcher.ModelPatcher(
+                _Patchable(**mods), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+            for name, mods in parts.items() if mods is not None
+        }
+        self.patcher = self.patchers["restorer"]  # the largest compute; kept for callers that want one
 
     @property
     def config(self):
@@ -123,12 +140,22 @@ class RARHandle:
         uir = tokens * cfg.uir.width * 16 + tokens * tokens * cfg.uir.num_attention_heads
         return int(2 * batch * (codec + uir) * elem)
 
-    def prepare(self, batch: int, height: int, width: int) -> torch.device:
-        """Ask ComfyUI to load the weights (evicting other models if needed) and return the device.
+    def prepare(self, batch: int, height: int, width: int, parts=ALL_PARTS) -> torch.device:
+        """Ask ComfyUI to load the weights of `parts` (evicting other models if needed); the device.
 
         force_full_load because rar_core is built from plain torch.nn layers, which ModelPatcher
         cannot partially load (only comfy.ops layers cast on the fly).
         """
-        mm.load_models_gpu([self.patcher], memory_required=self.estimate_memory(batch, height, width),
+        patchers = [self.patchers[p] for p in parts if p in self.patchers]
+        mm.load_models_gpu(patchers, memory_required=self.estimate_memory(batch, height, width),
                            force_full_load=True)
-        return self.patcher.load_device
+        return patchers[0].load_device
+
+    @contextlib.contextmanager
+    def staged_loading(self, batch: int, height: int, width: int):
+        """While inside, each stage of RAR.run first loads just its part (rar_core's stage hook)."""
+        self.model.stage_hook = lambda part: self.prepare(batch, height, width, (part,))
+        try:
+            yield
+        finally:
+            self.model.stage_hook = None

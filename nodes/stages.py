@@ -94,7 +94,7 @@ class RARLatentEncode(io.ComfyNode):
             raw = vae.encode(x.movedim(1, -1))
             out = {"samples": raw.to(mm.intermediate_device())}
         else:
-            device = rar_model.prepare(*x.shape[:1], *x.shape[-2:])
+            device = rar_model.prepare(*x.shape[:1], *x.shape[-2:], parts=("codec",))
             with torch.inference_mode():
                 z = rar_model.model.encode(x.to(device))
             out = L.from_z(rar_model, z, {"samples": z})
@@ -119,7 +119,7 @@ class RARAssess(io.ComfyNode):
         L.check_fits(rar_model, latent)
         b, _, h, w = latent["samples"].shape
         f = rar_model.config.codec.downsample
-        device = rar_model.prepare(b, h * f, w * f)
+        device = rar_model.prepare(b, h * f, w * f, parts=("lqa",))
         z = L.to_z(rar_model, latent, device)
         with torch.inference_mode():
             assessment = rar_model.model.assess(z)
@@ -149,7 +149,7 @@ class RARRestore(io.ComfyNode):
             raise L.RARNodeError(f"The assessment is for {len(assessment.answer)} images but the latent holds {b}.")
         L.check_fits(rar_model, latent)
         f = rar_model.config.codec.downsample
-        device = rar_model.prepare(b, h * f, w * f)
+        device = rar_model.prepare(b, h * f, w * f, parts=("restorer",))
         z = L.to_z(rar_model, latent, device)
         with torch.inference_mode():
             z_new = rar_model.model.restore(z, assessment_to(assessment, device), steps)
@@ -192,7 +192,7 @@ class RARVerifyGate(io.ComfyNode):
         L.check_fits(rar_model, previous)
         b, _, h, w = previous["samples"].shape
         f = rar_model.config.codec.downsample
-        device = rar_model.prepare(2 * b, h * f, w * f)
+        device = rar_model.prepare(2 * b, h * f, w * f, parts=("lqa",))
         z_prev = L.to_z(rar_model, previous, device)
         z_new = L.to_z(rar_model, candidate, device)
         with torch.inference_mode():
@@ -219,7 +219,7 @@ class RARLatentDecode(io.ComfyNode):
             raise L.RARNodeError("The official RAR tier decodes with the SD3.5 VAE: use core VAE Decode.")
         b, _, h, w = latent["samples"].shape
         f = rar_model.config.codec.downsample
-        device = rar_model.prepare(b, h * f, w * f)
+        device = rar_model.prepare(b, h * f, w * f, parts=("codec",))
         z = L.to_z(rar_model, latent, device)
         with torch.inference_mode():
             x = rar_model.model.decode(z)

@@ -51,9 +51,15 @@ class LoopResult:
 class RAR(nn.Module):
     """codec (None for the official tier: the SD3.5 VAE lives outside), lqa, connector (A_Q), uir."""
 
+    # The parts a stage needs, so a host (ComfyUI) can load only those: the official LQA (7 B)
+    # and restorer (2.5 B) need not be resident together.
+    STAGE_PARTS = {"encode": "codec", "decode": "codec", "assess": "lqa", "verify": "lqa", "restore": "restorer"}
+
     def __init__(self, config: RARConfig, with_codec: bool | None = None):
         super().__init__()
         self.config = config
+        # Called as stage_hook(part) before each stage; hosts use it to load that part's weights.
+        self.stage_hook: Callable[[str], None] | None = None
         c = config.codec.latent_channels
         if with_codec is None:
             with_codec = config.codec.latent_format != "sd3"
@@ -65,7 +71,16 @@ class RAR(nn.Module):
     # ----- helpers ---------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where the loop keeps its latents: the restorer's device."""
         return next(self.uir.parameters()).device
+
+    def _enter(self, stage: str) -> None:
+        if self.stage_hook is not None:
+            self.stage_hook(self.STAGE_PARTS[stage])
+
+    @staticmethod
+    def _device_of(module: nn.Module) -> torch.device:
+        return next(module.parameters()).device
 
     def check_latent(self, z: torch.Tensor) -> None:
         c = self.config.codec.latent_channels
@@ -83,12 +98,14 @@ class RAR(nn.Module):
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.codec is None:
             raise RuntimeError("this RAR model has no codec of its own; encode with the SD3.5 VAE")
-        return self.codec.encode(image.to(self.device, self._dtype(self.codec)), generator).float()
+        self._enter("encode")
+        return self.codec.encode(image.to(self._device_of(self.codec), self._dtype(self.codec)), generator).float()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.codec is None:
             raise RuntimeError("this RAR model has no codec of its own; decode with the SD3.5 VAE")
-        return self.codec.decode(z.to(self.device, self._dtype(self.codec))).float()
+        self._enter("decode")
+        return self.codec.decode(z.to(self._device_of(self.codec), self._dtype(self.codec))).float()
 
     @staticmethod
     def _dtype(module: nn.Module) -> torch.dtype:
@@ -99,23 +116,28 @@ class RAR(nn.Module):
     def assess(self, z: torch.Tensor, question: str | None = None, free: bool = False) -> Assessment:
         """Identify the main degradation of z (Eq. 1)."""
         self.check_latent(z)
-        a = self.lqa.identify(z.to(self.device), self.config.labels, question, free)
+        self._enter("assess")
+        a = self.lqa.identify(z.to(self._device_of(self.lqa)), self.config.labels, question, free)
         return Assessment(a.text, a.hidden)
 
     @torch.no_grad()
     def restore(self, z: torch.Tensor, assessment: Assessment, steps: int | None = None) -> torch.Tensor:
         """A_Q(assessment) -> conditioning; K Euler steps of the degraded->clean flow from z."""
         self.check_latent(z)
-        context, pooled = self.connector.condition(assessment.hidden)
+        self._enter("restore")
+        device = self._device_of(self.uir)
+        context, pooled = self.connector.condition([h.to(device) for h in assessment.hidden])
         flow = FlowEuler(steps or self.config.uir.steps, self.config.uir.flow_shift)
-        return flow.sample(lambda x, s: self.uir(x, s, context, pooled), z.to(self.device).float())
+        return flow.sample(lambda x, s: self.uir(x, s, context, pooled), z.to(device).float())
 
     @torch.no_grad()
     def verify(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> tuple[torch.Tensor, list[str]]:
         """Quality verification (Sec. 5.6): Image A = new, Image B = previous; "Image B" means stop."""
         self.check_latent(z_new)
-        a: Answer = self.lqa.compare(z_new.to(self.device), z_prev.to(self.device), question)
-        improved = torch.tensor([prompts.REJECT not in t for t in a.text])
+        self._enter("verify")
+        device = self._device_of(self.lqa)
+        a: Answer = self.lqa.compare(z_new.to(device), z_prev.to(device), question)
+        improved = torch.tensor([prompts.is_improvement(t) for t in a.text])
         return improved, a.text
 
     # ----- the loop --------------------------------------------------------------------
@@ -152,7 +174,7 @@ class RAR(nn.Module):
             if assessment is None or mode != "once":
                 assessment = self.assess(z[active])
             t1 = time.perf_counter()
-            z_new = self.restore(z[active], assessment, steps)
+            z_new = self.restore(z[active], assessment, steps).to(z.device)
             t2 = time.perf_counter()
             if mode == "fixed":
                 improved, verdict = torch.ones(len(active), dtype=torch.bool), ["not verified"] * len(active)

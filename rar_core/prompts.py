@@ -75,6 +75,11 @@ COMPARE_ANSWERS = ("Image A", "Image B")
 REJECT = "Image B"
 
 
+def is_improvement(verdict: str) -> bool:
+    """Does a comparison answer (Image A = candidate, Image B = previous) accept the candidate?"""
+    return REJECT not in verdict
+
+
 def identify_segments(question: str) -> list[str]:
     """Text segments around one image slot (`None` marks where the image embeddings go)."""
     return [f"{SYSTEM}\n\n </s> Image: <Img>", None, f"</Img>\n\n </s> USER: {question}\n   ASSISTANT: "]

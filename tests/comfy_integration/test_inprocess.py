@@ -81,9 +81,28 @@ def test_prepare_asks_comfy_for_memory(pack, monkeypatch):
     handle = load(pack)
     latent = node(pack, "RARLatentEncode").execute(handle, torch.rand(1, 64, 64, 3))[0]
     node(pack, "RARAssess").execute(handle, latent)
-    assert calls and all(m == [handle.patcher] for m, _ in calls)
+    # each stage loads only its own part: the codec to encode, the LQA to assess
+    assert [m for m, _ in calls] == [[handle.patchers["codec"]], [handle.patchers["lqa"]]]
     assert all(kw["memory_required"] > 0 and kw["force_full_load"] for _, kw in calls)
     assert latent["samples"].device == mm.intermediate_device()
+
+
+def test_loop_loads_one_part_per_stage(pack, monkeypatch):
+    """RAR Loop loads the LQA for assess/verify and A_Q + restorer for restore, never all at once,
+    so the official tier's 7 B LQA and 2.5 B restorer need not be resident together."""
+    import comfy.model_management as mm
+    calls = []
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, **kw: calls.append(models))
+    handle = load(pack)
+    latent = node(pack, "RARLatentEncode").execute(handle, torch.rand(1, 64, 64, 3))[0]
+    calls.clear()
+    node(pack, "RARLoop").execute(handle, latent, 2, 2, "fixed")
+    names = {id(p): n for n, p in handle.patchers.items()}
+    loaded = [[names[id(p)] for p in m] for m in calls]
+    assert all(len(m) == 1 for m in loaded)
+    # per round: assess (LQA), restore (A_Q + restorer), then the progress preview's decode (codec)
+    assert [m[0] for m in loaded] == ["restorer"] + ["lqa", "restorer", "codec"] * 2
+    assert handle.model.stage_hook is None  # the hook never outlives the node
 
 
 def _oom_above(model, monkeypatch, side):
