@@ -61,7 +61,7 @@ DEFAULTS = {
     "uir": StageConfig(steps=1000, batch=12, crop=96, lr=4e-4),
     "connector": StageConfig(steps=500, batch=12, crop=96, lr=2e-4),
     "e2e": StageConfig(steps=250, batch=6, crop=96, lr=1e-4),
-    "decoder": StageConfig(steps=1000, batch=8, crop=96, lr=5e-4),
+    "decoder": StageConfig(steps=600, batch=8, crop=96, lr=5e-4),
 }
 
 
