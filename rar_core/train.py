@@ -60,7 +60,7 @@ DEFAULTS = {
     "lqa": StageConfig(steps=2000, batch=16, crop=64, lr=5e-4),
     "uir": StageConfig(steps=1000, batch=12, crop=96, lr=4e-4),
     "connector": StageConfig(steps=500, batch=12, crop=96, lr=2e-4),
-    "e2e": StageConfig(steps=250, batch=6, crop=96, lr=1e-4),
+    "e2e": StageConfig(steps=1750, batch=6, crop=96, lr=1e-4),
     "decoder": StageConfig(steps=600, batch=8, crop=96, lr=5e-4),
 }
 
