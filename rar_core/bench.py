@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import degrade as D
+from .report import replace_section
 
 MARK_START = "<!-- rar bench -->"
 MARK_END = "<!-- /rar bench -->"
@@ -633,16 +634,7 @@ def explain(t: dict, res: dict) -> str:
 
 def write_section(path: Path, body: str) -> None:
     """Replace the `rar bench` section of BENCHMARKS.md (or add it); other sections survive."""
-    block = f"{MARK_START}\n## CPU benchmark (`rar bench`)\n\n{body}{MARK_END}\n"
-    old = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    if MARK_START in old and MARK_END in old:
-        head, rest = old.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1].lstrip("\n")
-        new = head + block + (("\n" + tail) if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
+    replace_section(path, MARK_START, MARK_END, f"## CPU benchmark (`rar bench`)\n\n{body}")
 
 
 def _json_default(o):

@@ -31,6 +31,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from rar_core.report import replace_section  # noqa: E402
+
 STAGES = ("identify", "connector", "restore", "compare")
 STAGE_NAMES = {
     "identify": "LQA identify",
@@ -188,15 +190,7 @@ def format_table(results: list[dict], header: dict) -> str:
 
 def write_section(path: Path, text: str) -> None:
     """Replace the bench_gpu section of BENCHMARKS.md, or append one."""
-    block = f"{MARK_START}\n## GPU benchmark (scripts/bench_gpu.py)\n\n{text}\n{MARK_END}\n"
-    old = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    if MARK_START in old and MARK_END in old:
-        head, rest = old.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1].lstrip("\n")
-        new = head + block + (("\n" + tail) if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
+    replace_section(path, MARK_START, MARK_END, f"## GPU benchmark (scripts/bench_gpu.py)\n\n{text}\n")
 
 
 def main(argv=None) -> int:
