@@ -302,7 +302,9 @@ def official_restore(handle: RARHandle, vae, x, max_rounds, steps, mode, callbac
         res = handle.model.run(z.to(device), max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
         results.append(res)
         raw = res.latent.float() / cfg.scale + cfg.shift
-        return vae.decode(raw.to(mm.intermediate_device())).movedim(-1, 1)[..., :h, :w].to(x_tile.device)
+        out = vae.decode(raw.to(mm.intermediate_device())).movedim(-1, 1)[..., :h, :w].to(x_tile.device)
+        kept = torch.tensor([r == 0 for r in res.rounds], device=out.device)  # as restore_image: input back
+        return torch.where(kept[:, None, None, None], x_tile.to(out.dtype), out)
 
     out = rar_image.tile_process(x.to(mm.intermediate_device()), one, tile=tile, overlap=64,
                                  multiple=handle.config.pixel_multiple)

@@ -62,10 +62,13 @@ def attach_tokenizer(model: RAR, tokenizer_json: str | None) -> None:
     model.lqa.tokenizer = tok
 
 
-def save_rar(model: RAR, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+def save_rar(model: RAR, path: str | Path, extra: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write the model; `dtype` (e.g. float16, to ship half the bytes) casts the float tensors."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -150,6 +153,8 @@ def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     model.to(device)
     if dtype is not None:
         model.to(dtype)
+    elif torch.device(device).type == "cpu" and any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
+        model.float()  # half-precision files (the shipped model) compute in fp32 on CPUs
     attach_tokenizer(model, meta.get("tokenizer"))
     return model.eval()
 

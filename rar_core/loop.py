@@ -231,7 +231,9 @@ def restore_image(
     """Image in, restored image out: pad, encode, loop, decode once, crop; tiles above `tile` px.
 
     With tiles, each tile runs its own loop (and may stop at its own round); the trace and round
-    count reported are those of the first tile plus the number of tiles.
+    count reported are those of the first tile plus the number of tiles. An item whose first
+    round was rejected gets its input pixels back: rolling back to the input must not cost a
+    codec round trip.
     """
     from .image import check_size, pad_to_multiple, tile_process, to_rgb
 
@@ -248,7 +250,9 @@ def restore_image(
         z = model.encode(padded, g)
         res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
         results.append(res)
-        return model.decode(res.latent)[:, :, :h, :w].to(x.device)
+        out = model.decode(res.latent)[:, :, :h, :w].to(x.device)
+        kept = torch.tensor([r == 0 for r in res.rounds], device=x.device)
+        return torch.where(kept[:, None, None, None], x, out)
 
     out = tile_process(image, one, tile=tile, overlap=overlap, multiple=multiple)
     return ImageResult(out.cpu(), results[0].rounds, results[0].trace, tiles=len(results))

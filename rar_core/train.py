@@ -373,6 +373,6 @@ def cmd_train(args) -> int:
         path = train_stage(stage, Path(args.out), Path(args.data), cfg, args.seed, args.preset, quiet=args.quiet)
     if args.export and path is not None:
         model = load_rar(path)
-        save_rar(model, args.export, {"stage": "final"})
+        save_rar(model, args.export, {"stage": "final"}, dtype=torch.float16)  # half the bytes to ship
         print(f"exported {args.export}")
     return 0

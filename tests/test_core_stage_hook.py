@@ -38,3 +38,15 @@ def test_parts_on_different_devices_meet_on_the_restorer(tiny_model, monkeypatch
 def test_is_improvement_is_the_official_stop_rule():
     assert prompts.is_improvement("Image A") and not prompts.is_improvement("Image B")
     assert not prompts.is_improvement("I think Image B is better")
+
+
+def test_rejected_first_round_returns_the_input_pixels(tiny_model, monkeypatch):
+    """Rolling back to the input keeps the input itself, not its codec reconstruction."""
+    from rar_core.loop import restore_image
+
+    x = torch.rand(2, 3, 32, 32)
+    verdicts = iter([torch.tensor([False, True]), torch.tensor([False])])
+    monkeypatch.setattr(type(tiny_model), "verify", lambda self, a, b, q=None: (next(verdicts), ["x"] * a.shape[0]))
+    res = restore_image(tiny_model, x, max_rounds=2)
+    assert res.rounds == [0, 1]
+    assert torch.equal(res.image[0], x[0]) and not torch.equal(res.image[1], x[1])
