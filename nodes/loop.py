@@ -276,13 +276,14 @@ class RARRestoreImage(io.ComfyNode):
         device = rar_model.prepare(2 * b, h, w, parts=("restorer",))
         callback = progress(rar_model, max_rounds, cls.hidden.unique_id if cls.hidden is not None else None)
 
+        # Exactly what `rar restore` runs; the official tier swaps in the user's SD3.5 VAE as codec.
+        codec = vae_codec(rar_model, vae) if rar_model.official else {}
+        x = x.to(mm.intermediate_device() if rar_model.official else device)
+
         def work(tile):
-            tile = tile or max(h, w)
-            if not rar_model.official:  # exactly what `rar restore` runs
-                res = restore_image(rar_model.model, x.to(device), max_rounds, steps, mode, tile=tile,
-                                    callback=callback)
-                return res.image, res.rounds, res.trace, res.tiles
-            return official_restore(rar_model, vae, x, max_rounds, steps, mode, callback, tile)
+            res = restore_image(rar_model.model, x, max_rounds, steps, mode, tile=tile or max(h, w),
+                                callback=callback, **codec)
+            return res.image, res.rounds, res.trace, res.tiles
 
         with torch.inference_mode(), rar_model.staged_loading(2 * b, h, w):
             out, rounds, trace, tiles = with_tile_fallback(work, tile_sizes(rar_model, h, w))
@@ -290,22 +291,14 @@ class RARRestoreImage(io.ComfyNode):
                              trace_json(rounds, trace, tiles), ui=ui.PreviewText(summary(rounds, trace)))
 
 
-def official_restore(handle: RARHandle, vae, x, max_rounds, steps, mode, callback, tile):
-    """restore_image for the official tier: the user's SD3.5 VAE encodes and decodes (ComfyUI manages it)."""
+def vae_codec(handle: RARHandle, vae) -> dict:
+    """encode/decode for restore_image from the user's SD3.5 VAE (ComfyUI manages its memory)."""
     cfg = handle.config.codec
-    results = []
 
-    def one(x_tile):
-        padded, (h, w) = rar_image.pad_to_multiple(x_tile, handle.config.pixel_multiple)
-        z = (vae.encode(padded.movedim(1, -1)).float() - cfg.shift) * cfg.scale
-        device = handle.prepare(*z.shape[:1], *padded.shape[-2:], parts=("restorer",))  # the VAE may have evicted RAR
-        res = handle.model.run(z.to(device), max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
-        results.append(res)
-        raw = res.latent.float() / cfg.scale + cfg.shift
-        out = vae.decode(raw.to(mm.intermediate_device())).movedim(-1, 1)[..., :h, :w].to(x_tile.device)
-        kept = torch.tensor([r == 0 for r in res.rounds], device=out.device)  # as restore_image: input back
-        return torch.where(kept[:, None, None, None], x_tile.to(out.dtype), out)
+    def encode(x):
+        return (vae.encode(x.movedim(1, -1)).float() - cfg.shift) * cfg.scale
 
-    out = rar_image.tile_process(x.to(mm.intermediate_device()), one, tile=tile, overlap=64,
-                                 multiple=handle.config.pixel_multiple)
-    return out, results[0].rounds, results[0].trace, len(results)
+    def decode(z):
+        return vae.decode((z.float() / cfg.scale + cfg.shift).to(mm.intermediate_device())).movedim(-1, 1).float()
+
+    return {"encode": encode, "decode": decode}

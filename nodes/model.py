@@ -103,7 +103,6 @@ class RARHandle:
                 _Patchable(**mods), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
             for name, mods in parts.items() if mods is not None
         }
-        self.patcher = self.patchers["restorer"]  # the largest compute; kept for callers that want one
 
     @property
     def config(self):

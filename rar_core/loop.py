@@ -227,8 +227,13 @@ def restore_image(
     tile: int = 1024,
     overlap: int = 64,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> ImageResult:
     """Image in, restored image out: pad, encode, loop, decode once, crop; tiles above `tile` px.
+
+    `encode` (image -> normalised z) and `decode` default to the model's own codec; the official
+    tier passes the SD3.5 VAE's.
 
     With tiles, each tile runs its own loop (and may stop at its own round); the trace and round
     count reported are those of the first tile plus the number of tiles. An item whose first
@@ -246,11 +251,13 @@ def restore_image(
 
     def one(x: torch.Tensor) -> torch.Tensor:
         padded, (h, w) = pad_to_multiple(x, multiple)
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        z = model.encode(padded, g)
+        if encode is None:
+            z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed))
+        else:
+            z = encode(padded)
         res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
         results.append(res)
-        out = model.decode(res.latent)[:, :, :h, :w].to(x.device)
+        out = (decode or model.decode)(res.latent)[:, :, :h, :w].to(x.device, x.dtype)
         kept = torch.tensor([r == 0 for r in res.rounds], device=x.device)
         return torch.where(kept[:, None, None, None], x, out)
 
