@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -53,14 +55,24 @@ class StageConfig:
     lr: float
     log_every: int = 25
     save_every: int = 200
+    # Mixed crop sides: each step draws one (so the LQA meets the token counts of inference);
+    # the batch shrinks in proportion to the side to keep a step's cost near that at `crop`.
+    crops: tuple[int, ...] = ()
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int]:
+        """(crop side, batch size) of one step."""
+        if not self.crops:
+            return self.crop, self.batch
+        side = int(self.crops[int(rng.integers(len(self.crops)))])
+        return side, max(1, round(self.batch * self.crop / side))
 
 
 DEFAULTS = {
     "codec": StageConfig(steps=2000, batch=12, crop=64, lr=1e-3),
-    "lqa": StageConfig(steps=2000, batch=16, crop=64, lr=5e-4),
+    "lqa": StageConfig(steps=2000, batch=16, crop=64, lr=5e-4, crops=(64, 128, 256)),
     "uir": StageConfig(steps=1000, batch=12, crop=96, lr=4e-4),
     "connector": StageConfig(steps=500, batch=12, crop=96, lr=2e-4),
-    "e2e": StageConfig(steps=1750, batch=6, crop=96, lr=1e-4),
+    "e2e": StageConfig(steps=1750, batch=6, crop=96, lr=1e-4, crops=(64, 96, 128, 192)),
     "decoder": StageConfig(steps=600, batch=8, crop=96, lr=5e-4),
 }
 
@@ -161,14 +173,58 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
     return params
 
 
-def step_codec(model, pool, rng, cfg, gen):
-    x = to_tensor([pool.crop(rng, cfg.crop) for _ in range(cfg.batch)])
+# Each stage is a batch maker (numpy, run in DataLoader workers; every random draw comes from the
+# step's own rng) and a step (torch, on the training device).
+def batch_images(pool, rng, batch, crop):
+    return {"x": to_tensor([pool.crop(rng, crop) for _ in range(batch)])}
+
+
+def batch_lqa(pool, rng, batch, crop):
+    """Half identification, half comparison; answers come from the known labels."""
+    if rng.random() < 0.5:
+        samples = [degraded_sample(pool, rng, crop, composite_p=0.35, clean_p=0.12) for _ in range(batch)]
+        return {"kind": "identify", "x": to_tensor([s[1] for s in samples]), "answers": [primary(s[2]) for s in samples],
+                "q": int(rng.integers(len(prompts.IDENTIFY)))}
+    better, worse = [], []
+    for _ in range(batch):
+        clean, deg, _ = degraded_sample(pool, rng, crop, composite_p=0.35)
+        if rng.random() < 0.5:  # clean vs degraded
+            better.append(clean)
+        else:  # less vs more degraded: the same degradations, a partial blend towards clean
+            a = rng.uniform(0.0, 0.6)
+            better.append((a * clean + (1 - a) * deg).astype(np.float32) if rng.random() < 0.5 else clean)
+        worse.append(deg)
+    swap = rng.random(batch) < 0.5  # B is the better one
+    first = [w if s else g for g, w, s in zip(better, worse, swap)]
+    second = [g if s else w for g, w, s in zip(better, worse, swap)]
+    return {"kind": "compare", "a": to_tensor(first), "b": to_tensor(second),
+            "answers": ["Image B" if s else "Image A" for s in swap.tolist()],
+            "q": int(rng.integers(len(prompts.COMPARE)))}
+
+
+def batch_pairs(composite_p: float, clean_p: float = 0.0, rounds: int = 0):
+    def make(pool, rng, batch, crop):
+        samples = [degraded_sample(pool, rng, crop, composite_p=composite_p, clean_p=clean_p) for _ in range(batch)]
+        out = {"hq": to_tensor([s[0] for s in samples]), "deg": to_tensor([s[1] for s in samples]),
+               "answers": [primary(s[2]) for s in samples]}
+        if rounds:  # e2e: a question per round and the A/B order of the verification pair
+            out["qs"] = [int(rng.integers(len(prompts.IDENTIFY))) for _ in range(rounds)]
+            out["swap"] = torch.from_numpy(rng.random(batch) < 0.5)
+        return out
+    return make
+
+
+def step_codec(model, b, gen):
+    x = b["x"]
     dist = model.codec.vae.encode(x * 2 - 1).latent_dist
     rec = (model.codec.vae.decode(dist.sample(gen)).sample + 1) / 2
     kl = dist.kl().mean() / x[0].numel()
     loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
-    psnr = -10 * math.log10(F.mse_loss(rec.clamp(0, 1), x).item() + 1e-12)
-    return loss, {"psnr": psnr}
+    return loss, {"psnr": psnr(rec, x)}
+
+
+def psnr(rec: torch.Tensor, x: torch.Tensor) -> float:
+    return -10 * math.log10(F.mse_loss(rec.detach().clamp(0, 1), x).item() + 1e-12)
 
 
 @torch.no_grad()
@@ -176,82 +232,59 @@ def encode(model: RAR, x: torch.Tensor) -> torch.Tensor:
     return model.codec.encode(x)
 
 
-def step_lqa(model, pool, rng, cfg, gen):
-    """Half identification, half comparison; answers come from the known labels."""
+def step_lqa(model, b, gen):
     lqa = model.lqa
-    if rng.random() < 0.5:
-        batch = [degraded_sample(pool, rng, cfg.crop, composite_p=0.35, clean_p=0.12) for _ in range(cfg.batch)]
-        z = encode(model, to_tensor([b[1] for b in batch]))
-        q = prompts.IDENTIFY[int(rng.integers(len(prompts.IDENTIFY)))]
-        prefix = lqa.prompt_embeds(prompts.identify_segments(q), [z])
-        _, loss = lqa.teacher_forced(prefix, [primary(b[2]) for b in batch])
+    if b["kind"] == "identify":
+        prefix = lqa.prompt_embeds(prompts.identify_segments(prompts.IDENTIFY[b["q"]]), [encode(model, b["x"])])
+        _, loss = lqa.teacher_forced(prefix, b["answers"])
         return loss, {"kind": 0.0}
-    better, worse = [], []
-    for _ in range(cfg.batch):
-        clean, deg, labels = degraded_sample(pool, rng, cfg.crop, composite_p=0.35)
-        if rng.random() < 0.5:  # clean vs degraded
-            better.append(clean)
-            worse.append(deg)
-        else:  # less vs more degraded: the same degradations, a partial blend towards clean
-            a = rng.uniform(0.0, 0.6)
-            better.append((a * clean + (1 - a) * deg).astype(np.float32) if rng.random() < 0.5 else clean)
-            worse.append(deg)
-    za, zb = encode(model, to_tensor(better)), encode(model, to_tensor(worse))
-    swap = torch.from_numpy(rng.random(cfg.batch) < 0.5)
-    A = torch.where(swap[:, None, None, None], zb, za)
-    B = torch.where(swap[:, None, None, None], za, zb)
-    answers = ["Image B" if s else "Image A" for s in swap.tolist()]
-    q = prompts.COMPARE[int(rng.integers(len(prompts.COMPARE)))]
-    prefix = lqa.prompt_embeds(prompts.compare_segments(q), [A, B])
-    _, loss = lqa.teacher_forced(prefix, answers)
+    prefix = lqa.prompt_embeds(prompts.compare_segments(prompts.COMPARE[b["q"]]), [encode(model, b["a"]), encode(model, b["b"])])
+    _, loss = lqa.teacher_forced(prefix, b["answers"])
     return loss, {"kind": 1.0}
 
 
-def null_condition(model: RAR, batch: int):
+def null_condition(model: RAR, batch: int, device=None):
     c = model.config.connector
-    return torch.zeros(batch, 2 * c.num_query_tokens, c.context_dim), torch.zeros(batch, c.pooled_dim)
+    return (torch.zeros(batch, 2 * c.num_query_tokens, c.context_dim, device=device),
+            torch.zeros(batch, c.pooled_dim, device=device))
 
 
-def condition_teacher(model: RAR, z: torch.Tensor, answers: list[str], rng) -> tuple:
-    q = prompts.IDENTIFY[int(rng.integers(len(prompts.IDENTIFY)))]
-    prefix = model.lqa.prompt_embeds(prompts.identify_segments(q), [z])
+def condition_teacher(model: RAR, z: torch.Tensor, answers: list[str], q: int) -> tuple:
+    prefix = model.lqa.prompt_embeds(prompts.identify_segments(prompts.IDENTIFY[q]), [z])
     hidden, lm_loss = model.lqa.teacher_forced(prefix, answers)
     context, pooled = model.connector.condition(hidden)
     return context, pooled, lm_loss
 
 
-def step_uir(model, pool, rng, cfg, gen):
-    batch = [degraded_sample(pool, rng, cfg.crop, composite_p=0.0) for _ in range(cfg.batch)]
-    z_hq, z_deg = encode(model, to_tensor([b[0] for b in batch])), encode(model, to_tensor([b[1] for b in batch]))
-    s = sample_s(cfg.batch, model.config.uir.flow_shift, gen)
-    context, pooled = null_condition(model, cfg.batch)
-    loss, _ = flow_loss(model.uir, z_hq, z_deg, s, context, pooled)
+def flow_times(model: RAR, batch: int, gen, device) -> torch.Tensor:
+    return sample_s(batch, model.config.uir.flow_shift, gen).to(device)
+
+
+def step_uir(model, b, gen):
+    z_hq, z_deg = encode(model, b["hq"]), encode(model, b["deg"])
+    context, pooled = null_condition(model, len(z_hq), z_hq.device)
+    loss, _ = flow_loss(model.uir, z_hq, z_deg, flow_times(model, len(z_hq), gen, z_hq.device), context, pooled)
     return loss.mean(), {}
 
 
-def step_connector(model, pool, rng, cfg, gen):
-    batch = [degraded_sample(pool, rng, cfg.crop, composite_p=0.5, clean_p=0.05) for _ in range(cfg.batch)]
-    z_hq, z_deg = encode(model, to_tensor([b[0] for b in batch])), encode(model, to_tensor([b[1] for b in batch]))
+def step_connector(model, b, gen):
+    z_hq, z_deg = encode(model, b["hq"]), encode(model, b["deg"])
     with torch.no_grad():
-        q = prompts.IDENTIFY[-1]
-        prefix = model.lqa.prompt_embeds(prompts.identify_segments(q), [z_deg])
-        hidden, _ = model.lqa.teacher_forced(prefix, [primary(b[2]) for b in batch])
+        prefix = model.lqa.prompt_embeds(prompts.identify_segments(prompts.IDENTIFY[-1]), [z_deg])
+        hidden, _ = model.lqa.teacher_forced(prefix, b["answers"])
     context, pooled = model.connector.condition(hidden)
-    s = sample_s(cfg.batch, model.config.uir.flow_shift, gen)
-    loss, _ = flow_loss(model.uir, z_hq, z_deg, s, context, pooled)
+    loss, _ = flow_loss(model.uir, z_hq, z_deg, flow_times(model, len(z_hq), gen, z_hq.device), context, pooled)
     return loss.mean(), {}
 
 
-def step_e2e(model, pool, rng, cfg, gen):
+def step_e2e(model, b, gen):
     """Recurrent rounds (Eq. 5-6); the LQA keeps its identification and learns to verify results."""
-    batch = [degraded_sample(pool, rng, cfg.crop, composite_p=0.6) for _ in range(cfg.batch)]
-    z_hq, z = encode(model, to_tensor([b[0] for b in batch])), encode(model, to_tensor([b[1] for b in batch]))
-    answers = [primary(b[2]) for b in batch]
-    s = sample_s(cfg.batch, model.config.uir.flow_shift, gen)  # one time per sample, shared by rounds
+    z_hq, z = encode(model, b["hq"]), encode(model, b["deg"])
+    s = flow_times(model, len(z), gen, z.device)  # one time per sample, shared by rounds
     total, lm_total = 0.0, 0.0
     z_in = z
-    for w in ROUND_WEIGHTS:
-        context, pooled, lm_loss = condition_teacher(model, z, answers, rng)
+    for w, q in zip(ROUND_WEIGHTS, b["qs"]):
+        context, pooled, lm_loss = condition_teacher(model, z, b["answers"], q)
         loss, z = flow_loss(model.uir, z_hq, z, s, context, pooled)
         total = total + w * loss.mean()
         lm_total = lm_total + lm_loss / len(ROUND_WEIGHTS)
@@ -259,25 +292,53 @@ def step_e2e(model, pool, rng, cfg, gen):
     with torch.no_grad():
         cand = z.detach()
         cand_better = (cand - z_hq).pow(2).mean((1, 2, 3)) < (z_in - z_hq).pow(2).mean((1, 2, 3))
-    swap = torch.from_numpy(rng.random(cfg.batch) < 0.5)
+    swap = b["swap"].to(z.device)
     A = torch.where(swap[:, None, None, None], z_in, cand)
     B = torch.where(swap[:, None, None, None], cand, z_in)
     a_better = cand_better ^ swap
     prefix = model.lqa.prompt_embeds(prompts.compare_segments(prompts.COMPARE[-1]), [A, B])
-    _, cmp_loss = model.lqa.teacher_forced(prefix, ["Image A" if b else "Image B" for b in a_better.tolist()])
+    _, cmp_loss = model.lqa.teacher_forced(prefix, ["Image A" if x else "Image B" for x in a_better.tolist()])
     return total + 0.1 * lm_total + 0.1 * cmp_loss, {"flow": float(total.detach()), "cmp": float(cmp_loss.detach())}
 
 
-def step_decoder(model, pool, rng, cfg, gen):
-    x = to_tensor([pool.crop(rng, cfg.crop) for _ in range(cfg.batch)])
+def step_decoder(model, b, gen):
+    x = b["x"]
     with torch.no_grad():
         z = model.codec.encode(x)
     rec = (model.codec.vae.decode(model.codec.process_out(z)).sample + 1) / 2
     loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-    return loss, {"psnr": -10 * math.log10(F.mse_loss(rec.clamp(0, 1), x).item() + 1e-12)}
+    return loss, {"psnr": psnr(rec, x)}
 
 
+BATCH = {
+    "codec": batch_images,
+    "decoder": batch_images,
+    "lqa": batch_lqa,
+    "uir": batch_pairs(composite_p=0.0),
+    "connector": batch_pairs(composite_p=0.5, clean_p=0.05),
+    "e2e": batch_pairs(composite_p=0.6, rounds=len(ROUND_WEIGHTS)),
+}
 STEP = {"decoder": step_decoder, "codec": step_codec, "lqa": step_lqa, "uir": step_uir, "connector": step_connector, "e2e": step_e2e}
+
+
+class StageBatches(torch.utils.data.Dataset):
+    """Batch `step` of a stage; it depends on (seed, stage, step) only, so a resumed run, or one
+    with any number of loader workers, sees exactly the batches of an unbroken one."""
+
+    def __init__(self, stage: str, pool: PhotoPool, cfg: StageConfig, seed: int):
+        self.stage, self.pool, self.cfg, self.seed = stage, pool, cfg, seed
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int) -> dict:
+        rng = np.random.default_rng([self.seed, STAGE_SEED[self.stage], step])
+        crop, batch = self.cfg.draw(rng)
+        return BATCH[self.stage](self.pool, rng, batch, crop)
+
+
+def to_device(b: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in b.items()}
 
 
 @torch.no_grad()
@@ -285,7 +346,8 @@ def calibrate_latents(model: RAR, pool: PhotoPool, seed: int, n: int = 48, crop:
     """Set the codec's shift/scale so z has zero mean and unit std (as SD3's 0.0609 / 1.5305)."""
     rng = np.random.default_rng([seed, 999_999])
     model.codec.config.shift, model.codec.config.scale = 0.0, 1.0
-    z = torch.cat([model.codec.encode(to_tensor([pool.crop(rng, crop) for _ in range(8)])) for _ in range(n // 8)])
+    device = next(model.codec.parameters()).device
+    z = torch.cat([model.codec.encode(to_tensor([pool.crop(rng, crop) for _ in range(8)]).to(device)) for _ in range(n // 8)])
     model.codec.config.shift = float(z.mean())
     model.codec.config.scale = float(1.0 / z.std())
     model.config.codec = model.codec.config
@@ -296,13 +358,44 @@ def stage_path(out: Path, stage: str) -> Path:
     return out / f"stage-{stage}.safetensors"
 
 
+CALIB = (100, 200)  # steps (after a start or resume) between which a budgeted run times itself
+
+
+def fit_budget(total: int, cap: int, start: int, done: int, elapsed: float, budget_s: float, rate_from, bar) -> int:
+    """The step count that fits `budget_s`: measured over steps CALIB (loader prefetch is spent
+    by then), fixed once, and cut short only if the run still overruns by 15 %."""
+    if done - start == CALIB[1] and rate_from is not None:
+        rate = (CALIB[1] - CALIB[0]) / (time.time() - rate_from)
+        total = min(cap, done + int(rate * max(0.0, budget_s - elapsed)))
+        bar.total = total
+        bar.write(f"{rate:.1f} steps/s: {total} steps fit the {budget_s:.0f} s budget")
+    if elapsed > 1.15 * budget_s:
+        total = min(total, done)
+    return total
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
 def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int = 0, preset: str = "compact",
-                init: Path | None = None, quiet: bool = False) -> Path:
+                init: Path | None = None, quiet: bool = False, device: str = "auto", workers: int | None = None,
+                budget_s: float | None = None) -> Path:
+    """Train one stage from the previous stage's model (or `init`), resuming any saved state.
+
+    `budget_s` fits the run to a time budget: the rate measured early on (CALIB) caps the step
+    count (the log and the model's metadata record the count used, so `--steps N` repeats it).
+    """
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     prev = init or (stage_path(out, PREVIOUS[stage]) if PREVIOUS[stage] else None)
     if prev is not None:
         if not prev.is_file():
@@ -310,7 +403,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         model = load_rar(prev)
     else:
         model = build_model(RARConfig.preset(preset), seed=seed)
-    model.train()
+    model.to(dev).train()
     params = trainable(model, stage)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     state_file = out / f"state-{stage}.safetensors"
@@ -318,33 +411,49 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
     if start:
         print(f"resuming stage '{stage}' at step {start}/{cfg.steps}")
     pool = PhotoPool(data)
+    if workers is None:  # on a CPU the cores are busy with the model; on a GPU they make the data
+        workers = min(8, max(0, (os.cpu_count() or 1) - 2)) if dev.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(
+        StageBatches(stage, pool, cfg, seed), batch_size=None, sampler=range(start, cfg.steps), num_workers=workers,
+        prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda", persistent_workers=False)
     log = (out / f"log-{stage}.jsonl").open("a")
+    total = cfg.steps
     warm = min(100, cfg.steps // 10 + 1)
-    sched = lambda i: min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(i, cfg.steps) / cfg.steps)) * 0.9 + 0.1)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {stage}", disable=quiet)
-    ema, t0 = None, time.time()
-    for step in bar:
-        rng = np.random.default_rng([seed, STAGE_SEED[stage], step])
+    sched = lambda i: min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(i, total) / total)) * 0.9 + 0.1)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {stage}", disable=quiet)
+    ema, t0, rate_from = None, time.time(), None
+    for step, batch in enumerate(loader, start):
+        if step >= total:
+            break
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * sched(step)
-        loss, info = STEP[stage](model, pool, rng, cfg, gen)
+        loss, info = STEP[stage](model, to_device(batch, dev), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        bar.update(1)
         bar.set_postfix(loss=f"{ema:.4f}", **{k: f"{v:.3f}" for k, v in info.items()})
-        if (step + 1) % cfg.log_every == 0:
-            log.write(json.dumps({"step": step + 1, "loss": loss.item(), "ema": ema, "seconds": time.time() - t0, **info}) + "\n")
+        done = step + 1
+        if budget_s is not None:
+            total = fit_budget(total, cfg.steps, start, done, time.time() - t0, budget_s, rate_from, bar)
+            if done - start == CALIB[0]:
+                rate_from = time.time()
+        if done % cfg.log_every == 0:
+            log.write(json.dumps({"step": done, "loss": loss.item(), "ema": ema, "seconds": time.time() - t0, **info}) + "\n")
             log.flush()
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save_state(state_file, model, opt, step + 1)
+        if done % cfg.save_every == 0 or done == total:
+            save_state(state_file, model, opt, done)
+    bar.close()
     model.eval()
     if stage == "codec":
         calibrate_latents(model, pool, seed)
-    path = save_rar(model, stage_path(out, stage), {"stage": stage, "train": json.dumps(asdict(cfg))})
-    print(f"stage '{stage}' done: {path}")
+    model.to("cpu")
+    used = StageConfig(**{**asdict(cfg), "steps": total})
+    path = save_rar(model, stage_path(out, stage), {"stage": stage, "train": json.dumps(asdict(used)), "device": dev.type})
+    print(f"stage '{stage}' done ({total} steps): {path}")
     return path
 
 
@@ -356,21 +465,31 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--preset", default="compact")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch", type=int)
-    t.add_argument("--crop", type=int)
+    t.add_argument("--crop", help="crop side, or several comma-separated sides drawn per step (e.g. 64,128,256)")
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
+    t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
+    t.add_argument("--budget-s", type=float, help="cap each stage's steps to what fits this many seconds")
     t.add_argument("--export", help="also copy the final model here (e.g. rar_core/weights/rar-compact.safetensors)")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+
+def stage_config(stage: str, args) -> StageConfig:
+    over = {k: getattr(args, k) for k in ("steps", "batch", "lr") if getattr(args, k) is not None}
+    if args.crop:
+        sides = tuple(int(c) for c in str(args.crop).split(","))
+        over["crop"], over["crops"] = sides[0], (sides if len(sides) > 1 else ())
+    return StageConfig(**{**asdict(DEFAULTS[stage]), **over})
 
 
 def cmd_train(args) -> int:
     stages = STAGES if args.stage == "all" else (args.stage,)
     path = None
     for stage in stages:
-        base = DEFAULTS[stage]
-        cfg = StageConfig(**{**asdict(base), **{k: getattr(args, k) for k in ("steps", "batch", "crop", "lr") if getattr(args, k) is not None}})
-        path = train_stage(stage, Path(args.out), Path(args.data), cfg, args.seed, args.preset, quiet=args.quiet)
+        path = train_stage(stage, Path(args.out), Path(args.data), stage_config(stage, args), args.seed, args.preset,
+                           quiet=args.quiet, device=args.device, workers=args.workers, budget_s=args.budget_s)
     if args.export and path is not None:
         model = load_rar(path)
         save_rar(model, args.export, {"stage": "final"}, dtype=torch.float16)  # half the bytes to ship
