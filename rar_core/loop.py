@@ -132,13 +132,26 @@ class RAR(nn.Module):
 
     @torch.no_grad()
     def verify(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> tuple[torch.Tensor, list[str]]:
-        """Quality verification (Sec. 5.6): Image A = new, Image B = previous; "Image B" means stop."""
+        """Quality verification (Sec. 5.6): Image A = new, Image B = previous; "Image B" means stop.
+
+        With `config.verify_orders == 2` the pair is also asked swapped (one batched pass) and the
+        candidate wins when the summed log-odds favour it in both framings together.
+        """
         self.check_latent(z_new)
         self._enter("verify")
         device = self._device_of(self.lqa)
-        a: Answer = self.lqa.compare(z_new.to(device), z_prev.to(device), question)
-        improved = torch.tensor([prompts.is_improvement(t) for t in a.text])
-        return improved, a.text
+        z_new, z_prev = z_new.to(device), z_prev.to(device)
+        if self.config.verify_orders != 2:
+            a: Answer = self.lqa.compare(z_new, z_prev, question)
+            return torch.tensor([prompts.is_improvement(t) for t in a.text]), a.text
+        B = z_new.shape[0]
+        a = self.lqa.compare(torch.cat((z_new, z_prev)), torch.cat((z_prev, z_new)), question)
+        lp = a.logprob.float().cpu()  # [2B, (Image A, Image B)]
+        margin = (lp[:B, 0] - lp[:B, 1]) + (lp[B:, 1] - lp[B:, 0])
+        improved = margin > 0
+        verdict = [f"{prompts.COMPARE_ANSWERS[0 if ok else 1]} (both orders, log-odds {m:+.2f})"
+                   for ok, m in zip(improved.tolist(), margin.tolist())]
+        return improved, verdict
 
     # ----- the loop --------------------------------------------------------------------
     @torch.no_grad()

@@ -471,6 +471,7 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
     t.add_argument("--budget-s", type=float, help="cap each stage's steps to what fits this many seconds")
+    t.add_argument("--init", help="start the (single) stage from this model file instead of the previous stage's")
     t.add_argument("--export", help="also copy the final model here (e.g. rar_core/weights/rar-compact.safetensors)")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -486,10 +487,12 @@ def stage_config(stage: str, args) -> StageConfig:
 
 def cmd_train(args) -> int:
     stages = STAGES if args.stage == "all" else (args.stage,)
+    if args.init and len(stages) > 1:
+        raise SystemExit("--init starts one stage: name it with --stage")
     path = None
     for stage in stages:
         path = train_stage(stage, Path(args.out), Path(args.data), stage_config(stage, args), args.seed, args.preset,
-                           quiet=args.quiet, device=args.device, workers=args.workers, budget_s=args.budget_s)
+                           init=Path(args.init) if args.init else None, quiet=args.quiet, device=args.device, workers=args.workers, budget_s=args.budget_s)
     if args.export and path is not None:
         model = load_rar(path)
         save_rar(model, args.export, {"stage": "final"}, dtype=torch.float16)  # half the bytes to ship

@@ -3,8 +3,8 @@
 #
 #   bash scripts/train_gpu.sh            # writes runs/gpu/main/stage-e2e.safetensors
 #
-# Two codecs train side by side (the 2.6 M-parameter `compact` and the 4x lighter
-# `compact-lean`); the lean one is kept when it reaches 32 dB on held-out crops or comes within
+# Two codecs train side by side (the 0.67 M-parameter 16/32/64-channel codec of `compact` and
+# the 2.6 M 32/64/128 one of `compact-wide`); the lean one is kept when it reaches 32 dB on held-out crops or comes within
 # 0.5 dB of the other, since it decodes 512 px three times faster. Then the paper's order:
 # UIR pre-training, LQA, connector, end-to-end. Each stage logs the step count its budget
 # allowed, so `rar train --stage S --steps N` with the flags below repeats it (on a GPU the run is
@@ -29,8 +29,8 @@ publish() {  # latest model + logs into $EXPORT, in parts small enough to travel
 
 mkdir -p "$RUN/main"
 echo "== codec x2 $(date +%T)"
-train --stage codec --preset compact --out "$RUN/base" --batch 32 --crop 128 --steps 60000 --workers $((W / 2)) --budget-s "$(b 140)" &
-train --stage codec --preset compact-lean --out "$RUN/lean" --batch 32 --crop 128 --steps 60000 --workers $((W / 2)) --budget-s "$(b 140)" &
+train --stage codec --preset compact-wide --out "$RUN/base" --batch 32 --crop 128 --steps 60000 --workers $((W / 2)) --budget-s "$(b 140)" &
+train --stage codec --preset compact --out "$RUN/lean" --batch 32 --crop 128 --steps 60000 --workers $((W / 2)) --budget-s "$(b 140)" &
 wait
 $PY - "$RUN" "$DATA" "$DEVICE" <<'PYEOF'
 import shutil, sys, numpy as np, torch

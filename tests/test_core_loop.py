@@ -7,6 +7,8 @@ RAR.restore as "add 1" so the latent of an item tells its id and how many rounds
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -285,3 +287,26 @@ def test_unstubbed_loop_is_consistent_and_deterministic(tiny_model):
         assert all(r["accepted"] for r in t[:-1])
         if a.rounds[i] == 0:
             assert torch.equal(a.latent[i], z0[i])
+
+
+def test_verify_both_orders_is_symmetric_and_sums_log_odds(tiny_model, monkeypatch):
+    """verify_orders=2: swapping candidate and previous flips every decision; the decision is the
+    sign of the log-odds summed over the two framings of one batched comparison."""
+    monkeypatch.setattr(tiny_model.config, "verify_orders", 2)
+    g = torch.Generator().manual_seed(11)
+    a, b = torch.randn(3, 16, H, W, generator=g), torch.randn(3, 16, H, W, generator=g)
+    ok_ab, verdict = tiny_model.verify(a, b)
+    ok_ba, _ = tiny_model.verify(b, a)
+    assert torch.equal(ok_ab, ~ok_ba)
+    assert [v.startswith("Image A") for v in verdict] == ok_ab.tolist()
+    lp_ab = tiny_model.lqa.compare(a, b).logprob
+    lp_ba = tiny_model.lqa.compare(b, a).logprob
+    margin = (lp_ab[:, 0] - lp_ab[:, 1]) + (lp_ba[:, 1] - lp_ba[:, 0])
+    assert ok_ab.tolist() == (margin > 0).tolist()
+    # the setting travels with the model file's config; files written before it read as 1
+    from rar_core.config import RARConfig
+
+    assert RARConfig.from_json(tiny_model.config.to_json()).verify_orders == 2
+    raw = json.loads(tiny_model.config.to_json())
+    del raw["verify_orders"]
+    assert RARConfig.from_json(json.dumps(raw)).verify_orders == 1

@@ -95,3 +95,64 @@ def test_missing_data_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"images": []}))
     with pytest.raises(SystemExit, match="fetch_data.py"):
         T.PhotoPool(tmp_path)
+
+
+def test_mixed_crops_draw_sides_and_scale_the_batch():
+    cfg = T.StageConfig(steps=1, batch=16, crop=64, lr=1e-3, crops=(64, 128, 256))
+    draws = {cfg.draw(np.random.default_rng(i)) for i in range(60)}
+    assert draws == {(64, 16), (128, 8), (256, 4)}
+    assert T.StageConfig(steps=1, batch=5, crop=96, lr=1e-3).draw(np.random.default_rng(0)) == (96, 5)
+
+
+def test_cli_crop_list_sets_mixed_sides():
+    import argparse
+
+    args = argparse.Namespace(steps=None, batch=None, lr=None, crop="96,64,256")
+    cfg = T.stage_config("e2e", args)
+    assert cfg.crop == 96 and cfg.crops == (96, 64, 256)
+    args.crop = "128"
+    assert T.stage_config("uir", args).crops == () and T.stage_config("uir", args).crop == 128
+
+
+@pytest.mark.parametrize("stage", ["lqa", "e2e"])
+def test_batches_depend_on_seed_and_step_only(data_dir, stage):
+    """A loader worker, a resumed run and an unbroken run all build the same batch for a step."""
+    pool = T.PhotoPool(data_dir)
+    cfg = T.StageConfig(steps=4, batch=2, crop=32, lr=1e-3, crops=(32, 48))
+    a, b = T.StageBatches(stage, pool, cfg, seed=3), T.StageBatches(stage, pool, cfg, seed=3)
+    for step in (2, 0, 3):
+        x, y = a[step], b[step]
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]) if torch.is_tensor(x[k]) else x[k] == y[k]
+
+    def fingerprint(ds):
+        return [round(float(sum(v.double().sum() for v in ds[i].values() if torch.is_tensor(v) and v.is_floating_point())), 6)
+                for i in range(4)]
+
+    assert fingerprint(a) != fingerprint(T.StageBatches(stage, pool, cfg, seed=4))
+
+
+def test_loader_workers_give_the_same_training(tmp_path, data_dir, tiny_config):
+    init = save_rar(build_model(tiny_config, seed=0), tmp_path / "init.safetensors")
+    cfg = T.StageConfig(steps=3, batch=2, crop=32, lr=1e-3, log_every=1, save_every=10)
+    p0 = T.train_stage("uir", tmp_path / "w0", data_dir, cfg, init=init, quiet=True, workers=0)
+    p2 = T.train_stage("uir", tmp_path / "w2", data_dir, cfg, init=init, quiet=True, workers=2)
+    s0, s2 = load_rar(p0).state_dict(), load_rar(p2).state_dict()
+    assert all(torch.equal(s0[k], s2[k]) for k in s0)
+
+
+def test_budget_caps_steps_and_records_them(tmp_path, data_dir, tiny_config, monkeypatch):
+    """A budgeted run times steps CALIB[0]..CALIB[1], keeps the count that fits, and says so."""
+    from rar_core.checkpoint import read_metadata
+
+    monkeypatch.setattr(T, "CALIB", (1, 3))
+    clock = iter(range(0, 10_000, 1))  # every call of time.time() advances one second
+    monkeypatch.setattr(T.time, "time", lambda: float(next(clock)))
+    init = save_rar(build_model(tiny_config, seed=0), tmp_path / "init.safetensors")
+    cfg = T.StageConfig(steps=50, batch=1, crop=32, lr=1e-3, log_every=1, save_every=100)
+    path = T.train_stage("uir", tmp_path / "b", data_dir, cfg, init=init, quiet=True, budget_s=20)
+    used = json.loads(read_metadata(path)["train"])["steps"]
+    assert 3 < used < 50
+    log = [json.loads(line)["step"] for line in (tmp_path / "b" / "log-uir.jsonl").read_text().splitlines()]
+    assert log[-1] == used
