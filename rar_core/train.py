@@ -210,6 +210,7 @@ def batch_pairs(composite_p: float, clean_p: float = 0.0, rounds: int = 0):
         if rounds:  # e2e: a question per round and the A/B order of the verification pair
             out["qs"] = [int(rng.integers(len(prompts.IDENTIFY))) for _ in range(rounds)]
             out["swap"] = torch.from_numpy(rng.random(batch) < 0.5)
+            out["pair"] = torch.from_numpy(rng.integers(0, rounds, batch))  # verify round k+1 against round k
         return out
     return make
 
@@ -282,19 +283,24 @@ def step_e2e(model, b, gen):
     z_hq, z = encode(model, b["hq"]), encode(model, b["deg"])
     s = flow_times(model, len(z), gen, z.device)  # one time per sample, shared by rounds
     total, lm_total = 0.0, 0.0
-    z_in = z
+    zs = [z]
     for w, q in zip(ROUND_WEIGHTS, b["qs"]):
         context, pooled, lm_loss = condition_teacher(model, z, b["answers"], q)
         loss, z = flow_loss(model.uir, z_hq, z, s, context, pooled)
         total = total + w * loss.mean()
         lm_total = lm_total + lm_loss / len(ROUND_WEIGHTS)
-    # Verification on real restorations: the candidate closer to z_hq is the better image.
+        zs.append(z.detach())
+    # Verification on the pairs the loop asks about: round k+1 against round k (k = 0: the input);
+    # the one closer to z_hq is the better image.
+    rounds = torch.stack(zs)  # [R+1, B, ...]
+    k = b["pair"].to(z.device)
+    idx = torch.arange(len(k), device=z.device)
+    prev, cand = rounds[k, idx], rounds[k + 1, idx]
     with torch.no_grad():
-        cand = z.detach()
-        cand_better = (cand - z_hq).pow(2).mean((1, 2, 3)) < (z_in - z_hq).pow(2).mean((1, 2, 3))
+        cand_better = (cand - z_hq).pow(2).mean((1, 2, 3)) < (prev - z_hq).pow(2).mean((1, 2, 3))
     swap = b["swap"].to(z.device)
-    A = torch.where(swap[:, None, None, None], z_in, cand)
-    B = torch.where(swap[:, None, None, None], cand, z_in)
+    A = torch.where(swap[:, None, None, None], prev, cand)
+    B = torch.where(swap[:, None, None, None], cand, prev)
     a_better = cand_better ^ swap
     prefix = model.lqa.prompt_embeds(prompts.compare_segments(prompts.COMPARE[-1]), [A, B])
     _, cmp_loss = model.lqa.teacher_forced(prefix, ["Image A" if x else "Image B" for x in a_better.tolist()])
