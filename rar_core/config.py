@@ -149,6 +149,10 @@ class RARConfig:
     # Verification asks the comparison once (Image A = candidate, as the paper) or in both orders,
     # summing the log-odds so that a small LQA's preference for one position cancels out.
     verify_orders: int = 1
+    # With both orders: the summed log-odds a candidate must win by to be accepted. 0 is the plain
+    # majority; a positive margin, calibrated on training photos, stops the loop on rounds that
+    # change little (scripts/calibrate_verify.py).
+    verify_margin: float = 0.0
 
     @property
     def pixel_multiple(self) -> int:
@@ -186,7 +190,7 @@ class RARConfig:
                 kwargs[key] = cls(**value)
             elif key == "labels":
                 kwargs[key] = tuple(value)
-            elif key in ("name", "verify_orders"):
+            elif key in ("name", "verify_orders", "verify_margin"):
                 kwargs[key] = value
             else:
                 raise ValueError(f"config has unknown section {key!r}")

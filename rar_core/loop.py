@@ -135,7 +135,7 @@ class RAR(nn.Module):
         """Quality verification (Sec. 5.6): Image A = new, Image B = previous; "Image B" means stop.
 
         With `config.verify_orders == 2` the pair is also asked swapped (one batched pass) and the
-        candidate wins when the summed log-odds favour it in both framings together.
+        candidate wins when the summed log-odds exceed `config.verify_margin`.
         """
         self.check_latent(z_new)
         self._enter("verify")
@@ -144,14 +144,21 @@ class RAR(nn.Module):
         if self.config.verify_orders != 2:
             a: Answer = self.lqa.compare(z_new, z_prev, question)
             return torch.tensor([prompts.is_improvement(t) for t in a.text]), a.text
-        B = z_new.shape[0]
-        a = self.lqa.compare(torch.cat((z_new, z_prev)), torch.cat((z_prev, z_new)), question)
-        lp = a.logprob.float().cpu()  # [2B, (Image A, Image B)]
-        margin = (lp[:B, 0] - lp[:B, 1]) + (lp[B:, 1] - lp[B:, 0])
-        improved = margin > 0
+        margin = self.verify_log_odds(z_new, z_prev, question)
+        improved = margin > self.config.verify_margin
         verdict = [f"{prompts.COMPARE_ANSWERS[0 if ok else 1]} (both orders, log-odds {m:+.2f})"
                    for ok, m in zip(improved.tolist(), margin.tolist())]
         return improved, verdict
+
+    @torch.no_grad()
+    def verify_log_odds(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> torch.Tensor:
+        """log P(new better) - log P(previous better), summed over both orders, in one batched pass."""
+        device = self._device_of(self.lqa)
+        z_new, z_prev = z_new.to(device), z_prev.to(device)
+        B = z_new.shape[0]
+        a = self.lqa.compare(torch.cat((z_new, z_prev)), torch.cat((z_prev, z_new)), question)
+        lp = a.logprob.float().cpu()  # [2B, (Image A, Image B)]
+        return (lp[:B, 0] - lp[:B, 1]) + (lp[B:, 1] - lp[B:, 0])
 
     # ----- the loop --------------------------------------------------------------------
     @torch.no_grad()

@@ -299,14 +299,21 @@ def test_verify_both_orders_is_symmetric_and_sums_log_odds(tiny_model, monkeypat
     ok_ba, _ = tiny_model.verify(b, a)
     assert torch.equal(ok_ab, ~ok_ba)
     assert [v.startswith("Image A") for v in verdict] == ok_ab.tolist()
-    lp_ab = tiny_model.lqa.compare(a, b).logprob
-    lp_ba = tiny_model.lqa.compare(b, a).logprob
+    with torch.no_grad():
+        lp_ab = tiny_model.lqa.compare(a, b).logprob
+        lp_ba = tiny_model.lqa.compare(b, a).logprob
     margin = (lp_ab[:, 0] - lp_ab[:, 1]) + (lp_ba[:, 1] - lp_ba[:, 0])
     assert ok_ab.tolist() == (margin > 0).tolist()
+    # a margin the log-odds must exceed: above every margin seen, every candidate is rejected
+    monkeypatch.setattr(tiny_model.config, "verify_margin", float(margin.abs().max()) + 1.0)
+    assert not tiny_model.verify(a, b)[0].any() and not tiny_model.verify(b, a)[0].any()
+    assert torch.allclose(tiny_model.verify_log_odds(a, b), margin)
     # the setting travels with the model file's config; files written before it read as 1
     from rar_core.config import RARConfig
 
-    assert RARConfig.from_json(tiny_model.config.to_json()).verify_orders == 2
+    back = RARConfig.from_json(tiny_model.config.to_json())
+    assert back.verify_orders == 2 and back.verify_margin == tiny_model.config.verify_margin
     raw = json.loads(tiny_model.config.to_json())
-    del raw["verify_orders"]
-    assert RARConfig.from_json(json.dumps(raw)).verify_orders == 1
+    del raw["verify_orders"], raw["verify_margin"]
+    old = RARConfig.from_json(json.dumps(raw))
+    assert old.verify_orders == 1 and old.verify_margin == 0.0

@@ -1,0 +1,93 @@
+"""Calibrate the verification margin of a compact RAR on training photos (never the eval set).
+
+Runs 4 fixed rounds on degraded crops of the training photos, recording after each round the
+PSNR of the decoded result and the verifier's summed log-odds (round k against round k-1). The
+adaptive loop with margin m stops at the first round whose log-odds are <= m and keeps the round
+before (round 0: the input pixels, as restore_image does), so every margin can be scored from one
+pass. Prints mean PSNR and rounds per margin; --write stores the best margin in the model file.
+
+    python scripts/calibrate_verify.py [--model M] [--samples 48] [--write]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rar_core import degrade as D  # noqa: E402
+from rar_core import train as T  # noqa: E402
+from rar_core.checkpoint import default_model_path, load_rar, read_metadata, save_rar  # noqa: E402
+
+MARGINS = (-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def psnr(x, y):
+    return (-10 * torch.log10(((x - y) ** 2).mean((1, 2, 3)))).tolist()
+
+
+@torch.no_grad()
+def record(model, pool, n, size, seed, rounds=4):
+    """psnr[i][k] (k = 0: input) and log-odds[i][k-1] of round k against round k-1."""
+    rng = np.random.default_rng([seed, 4242])  # a stream no training step draws from
+    clean, deg = [], []
+    for i in range(n):
+        c = pool.crop(rng, size)
+        s = D.random_composite(c, rng) if i % 2 else D.random_single(c, rng)
+        clean.append(c)
+        deg.append(s.image)
+    x_hq, x = T.to_tensor(clean), T.to_tensor(deg)
+    z = model.encode(x)
+    ps, lo = [psnr(x, x_hq)], []
+    for _ in range(rounds):
+        z_new = model.restore(z, model.assess(z))
+        lo.append(model.verify_log_odds(z_new, z).tolist())
+        ps.append(psnr(model.decode(z_new), x_hq))
+        z = z_new
+    return np.array(ps).T, np.array(lo).T
+
+
+def simulate(ps, lo, margin):
+    """Mean PSNR and accepted rounds of the adaptive loop with this margin."""
+    kept = [next((k for k in range(lo.shape[1]) if lo[i, k] <= margin), lo.shape[1]) for i in range(len(ps))]
+    return float(np.mean([ps[i, k] for i, k in enumerate(kept)])), float(np.mean(kept))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model")
+    ap.add_argument("--data", default="data")
+    ap.add_argument("--samples", type=int, default=48)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--write", action="store_true", help="store the best margin in the model file")
+    args = ap.parse_args()
+    path = Path(args.model or default_model_path())
+    model = load_rar(path).eval()
+    if model.config.verify_orders != 2:
+        raise SystemExit("the margin applies to verification in both orders (verify_orders = 2)")
+    pool = T.PhotoPool(Path(args.data))
+    ps, lo = [], []
+    for start in range(0, args.samples, 8):
+        p, l_ = record(model, pool, min(8, args.samples - start), args.size, args.seed + start)
+        ps.append(p)
+        lo.append(l_)
+    ps, lo = np.concatenate(ps), np.concatenate(lo)
+    print(f"{len(ps)} training crops: input {ps[:, 0].mean():.2f} dB, rounds 1-4 {ps[:, 1:].mean(0).round(2).tolist()}")
+    print("margin | mean PSNR | rounds")
+    scores = {m: simulate(ps, lo, m) for m in MARGINS}
+    for m, (p, r) in scores.items():
+        print(f"{m:6.1f} | {p:9.2f} | {r:.2f}")
+    best = max(MARGINS, key=lambda m: (round(scores[m][0], 3), -abs(m)))  # ties: the smallest change
+    print(f"best margin {best} (was {model.config.verify_margin})")
+    if args.write:
+        model.config.verify_margin = float(best)
+        meta = read_metadata(path)
+        dtype = next(v.dtype for v in model.state_dict().values() if v.is_floating_point())
+        save_rar(model, path, {k: meta[k] for k in ("stage",) if k in meta}, dtype=dtype)
+        print(f"wrote verify_margin = {best} into {path}")
+
+
+if __name__ == "__main__":
+    main()
