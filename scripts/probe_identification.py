@@ -4,7 +4,7 @@ Trains A_I plus a linear head directly on labelled latents of single degradation
 photos, and reports held-out accuracy per label. If this probe, with no language model in the
 way, stays low, identification is limited by the data rather than by the LQA's training.
 
-    python scripts/probe_identification.py [--model M] [--crop 64] [--train 3000] [--steps 2000]
+    python scripts/probe_identification.py [--model M] [--crop 64] [--train 3000] [--steps 2000] [--severity 3]
 """
 import argparse
 import sys
@@ -20,11 +20,11 @@ from rar_core.checkpoint import default_model_path, load_rar  # noqa: E402
 from rar_core.lqa import ImageAdapter  # noqa: E402
 
 
-def latents(model, pool, n, seed, crop):
+def latents(model, pool, n, seed, crop, severity=None):
     rng, labels = np.random.default_rng(seed), list(model.config.labels)
     xs, ys = [], []
     for _ in range(n):
-        s = D.random_single(pool.crop(rng, crop), rng)
+        s = D.random_single(pool.crop(rng, crop), rng, severity)
         xs.append(s.image)
         ys.append(labels.index(T.primary(s.labels)))
     with torch.no_grad():
@@ -39,13 +39,14 @@ def main():
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--severity", type=int, help="one severity for every sample (default: the training mix)")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = load_rar(args.model or default_model_path()).eval()
     labels = list(model.config.labels)
     pool = T.PhotoPool(Path(args.data))
-    z_tr, y_tr = latents(model, pool, args.train, 1, args.crop)
-    z_te, y_te = latents(model, pool, 400, 2, args.crop)
+    z_tr, y_tr = latents(model, pool, args.train, 1, args.crop, args.severity)
+    z_te, y_te = latents(model, pool, 400, 2, args.crop, args.severity)
     adapter = ImageAdapter(model.config.adapter, model.config.codec.latent_channels)
     head = torch.nn.Linear(model.config.adapter.width, len(labels))
     opt = torch.optim.AdamW([*adapter.parameters(), *head.parameters()], lr=5e-4)
