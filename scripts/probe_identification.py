@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--severity", type=int, help="one severity for every sample (default: the training mix)")
+    ap.add_argument("--without-ln-pre", action="store_true",
+                    help="drop A_I's per-token LayerNorm (does it hide the energy that tells noise and blur apart?)")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = load_rar(args.model or default_model_path()).eval()
@@ -48,6 +50,8 @@ def main():
     z_tr, y_tr = latents(model, pool, args.train, 1, args.crop, args.severity)
     z_te, y_te = latents(model, pool, 400, 2, args.crop, args.severity)
     adapter = ImageAdapter(model.config.adapter, model.config.codec.latent_channels)
+    if args.without_ln_pre:
+        adapter.ln_pre = torch.nn.Identity()
     head = torch.nn.Linear(model.config.adapter.width, len(labels))
     opt = torch.optim.AdamW([*adapter.parameters(), *head.parameters()], lr=5e-4)
     classify = lambda z: head(adapter(z).mean(1))  # noqa: E731
