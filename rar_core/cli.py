@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .config import PRESETS
 
 
 def _load(model_path: str | None, device: str):
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="model sizes per module")
     i.add_argument("model", nargs="?")
-    i.add_argument("--preset", choices=("compact", "sd35m"))
+    i.add_argument("--preset", choices=sorted(PRESETS))
     i.set_defaults(func=cmd_info)
 
     for extra in ("convert", "train", "bench"):

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from . import degrade as D
 from . import prompts
 from .checkpoint import build_model, load_rar, save_rar
-from .config import RARConfig
+from .config import PRESETS, RARConfig
 from .loop import RAR
 from .uir import flow_loss, sample_s
 
@@ -468,7 +468,7 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--stage", choices=STAGES + ("all",), required=True)
     t.add_argument("--data", default="data", help="folder written by scripts/fetch_data.py")
     t.add_argument("--out", default="runs/compact", help="stage models and resumable state")
-    t.add_argument("--preset", default="compact")
+    t.add_argument("--preset", default="compact", choices=sorted(PRESETS), help="architecture of a model built from scratch (codec stage)")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch", type=int)
     t.add_argument("--crop", help="crop side, or several comma-separated sides drawn per step (e.g. 64,128,256)")
