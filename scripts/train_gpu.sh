@@ -1,11 +1,12 @@
 #!/bin/bash
-# The shipped compact RAR's recipe on one GPU, in time budgets (seconds; SCALE multiplies them).
+# The GPU part of the shipped compact RAR's recipe, in time budgets (seconds; SCALE multiplies
+# them). BENCHMARKS.md lists the CPU stages that followed it.
 #
 #   bash scripts/train_gpu.sh            # writes runs/gpu/main/stage-e2e.safetensors
 #
 # Two codecs train side by side (the 0.67 M-parameter 16/32/64-channel codec of `compact` and
-# the 2.6 M 32/64/128 one of `compact-wide`); the lean one is kept when it reaches 32 dB on held-out crops or comes within
-# 0.5 dB of the other, since it decodes 512 px three times faster. Then the paper's order:
+# the 2.6 M 32/64/128 one of `compact-wide`); the lean one is kept when it reaches 32 dB on
+# held-out crops or comes within 0.5 dB of the other, since it decodes 512 px 3x faster. Then the paper's order:
 # UIR pre-training, LQA, connector, end-to-end. Each stage logs the step count its budget
 # allowed, so `rar train --stage S --steps N` with the flags below repeats it (on a GPU the run is
 # not bit-identical). DEVICE=cpu SCALE=0.05 makes a quick dry run of the whole script.
