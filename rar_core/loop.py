@@ -139,10 +139,9 @@ class RAR(nn.Module):
         """
         self.check_latent(z_new)
         self._enter("verify")
-        device = self._device_of(self.lqa)
-        z_new, z_prev = z_new.to(device), z_prev.to(device)
         if self.config.verify_orders != 2:
-            a: Answer = self.lqa.compare(z_new, z_prev, question)
+            device = self._device_of(self.lqa)
+            a: Answer = self.lqa.compare(z_new.to(device), z_prev.to(device), question)
             return torch.tensor([prompts.is_improvement(t) for t in a.text]), a.text
         margin = self.verify_log_odds(z_new, z_prev, question)
         improved = margin > self.config.verify_margin

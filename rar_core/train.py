@@ -352,7 +352,7 @@ def calibrate_latents(model: RAR, pool: PhotoPool, seed: int, n: int = 48, crop:
     """Set the codec's shift/scale so z has zero mean and unit std (as SD3's 0.0609 / 1.5305)."""
     rng = np.random.default_rng([seed, 999_999])
     model.codec.config.shift, model.codec.config.scale = 0.0, 1.0
-    device = next(model.codec.parameters()).device
+    device = model._device_of(model.codec)
     z = torch.cat([model.codec.encode(to_tensor([pool.crop(rng, crop) for _ in range(8)]).to(device)) for _ in range(n // 8)])
     model.codec.config.shift = float(z.mean())
     model.codec.config.scale = float(1.0 / z.std())
@@ -421,7 +421,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         workers = min(8, max(0, (os.cpu_count() or 1) - 2)) if dev.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(
         StageBatches(stage, pool, cfg, seed), batch_size=None, sampler=range(start, cfg.steps), num_workers=workers,
-        prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda", persistent_workers=False)
+        prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda")
     log = (out / f"log-{stage}.jsonl").open("a")
     total = cfg.steps
     warm = min(100, cfg.steps // 10 + 1)
@@ -453,6 +453,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         if done % cfg.save_every == 0 or done == total:
             save_state(state_file, model, opt, done)
     bar.close()
+    log.close()
     model.eval()
     if stage == "codec":
         calibrate_latents(model, pool, seed)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rar_core import degrade as D  # noqa: E402
@@ -84,7 +85,9 @@ def main():
     if args.write:
         model.config.verify_margin = float(best)
         meta = read_metadata(path)
-        dtype = next(v.dtype for v in model.state_dict().values() if v.is_floating_point())
+        # load_rar computes in fp32 on a CPU; write the file back in the precision it was stored in
+        with safe_open(str(path), framework="pt") as f:
+            dtype = next(t.dtype for t in (f.get_tensor(k) for k in f.keys()) if t.is_floating_point())
         save_rar(model, path, {k: meta[k] for k in ("stage",) if k in meta}, dtype=dtype)
         print(f"wrote verify_margin = {best} into {path}")
 
