@@ -86,24 +86,30 @@ class PhotoPool:
         files = [data / i["file"] for i in manifest["images"] if i["split"] == "train"]
         if not files:
             raise SystemExit(f"no training images in {data}; run `python scripts/fetch_data.py --out {data}` first")
-        self.images = []
+        self.images, self._pil = [], []
         for f in files:
             with Image.open(f) as im:
                 im = im.convert("RGB")
                 im.thumbnail((max_side, max_side), Image.LANCZOS)
+                self._pil.append(im)
                 self.images.append(np.asarray(im, dtype=np.float32) / 255.0)
 
     def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        img = self.images[int(rng.integers(len(self.images)))]
+        i = int(rng.integers(len(self.images)))
+        img = self.images[i]
         h, w = img.shape[:2]
         # Random scale so the model sees textures at several sizes.
         s = rng.uniform(size / min(h, w), 1.0) if min(h, w) > size else size / min(h, w)
         if abs(s - 1.0) > 1e-3:
-            nh, nw = max(size, round(h * s)), max(size, round(w * s))
-            img = np.asarray(Image.fromarray((img * 255).astype(np.uint8)).resize((nw, nh), Image.BICUBIC), dtype=np.float32) / 255
-            h, w = nh, nw
-        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
-        out = img[y : y + size, x : x + size]
+            # Resample only the window the crop comes from (a whole-image resize per crop made
+            # the data loader, not the model, the bottleneck of GPU training).
+            side = size / s
+            y, x = rng.uniform(0, max(0.0, h - side)), rng.uniform(0, max(0.0, w - side))
+            box = (x, y, min(w, x + side), min(h, y + side))
+            out = np.asarray(self._pil[i].resize((size, size), Image.BICUBIC, box=box), dtype=np.float32) / 255
+        else:
+            y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+            out = img[y : y + size, x : x + size]
         if rng.random() < 0.5:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
@@ -176,7 +182,10 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
 # Each stage is a batch maker (numpy, run in DataLoader workers; every random draw comes from the
 # step's own rng) and a step (torch, on the training device).
 def batch_images(pool, rng, batch, crop):
-    return {"x": to_tensor([pool.crop(rng, crop) for _ in range(batch)])}
+    """Clean and degraded photos alike: the codec must reconstruct what it is given (as the SD3.5
+    VAE keeps noise and rain), or the latent the LQA reads has lost the degradation to name."""
+    samples = [degraded_sample(pool, rng, crop, composite_p=0.15, clean_p=0.5) for _ in range(batch)]
+    return {"x": to_tensor([s[1] for s in samples]), "labels": [s[2] for s in samples]}
 
 
 def batch_lqa(pool, rng, batch, crop):

@@ -114,6 +114,31 @@ def test_cli_crop_list_sets_mixed_sides():
     assert T.stage_config("uir", args).crops == () and T.stage_config("uir", args).crop == 128
 
 
+@pytest.mark.parametrize("stage", ["codec", "decoder"])
+def test_codec_learns_degraded_photos_as_well_as_clean(data_dir, stage):
+    """The codec reconstructs what it is given; one trained on clean photos only wipes out the
+    noise the LQA is meant to name."""
+    pool = T.PhotoPool(data_dir)
+    cfg = T.StageConfig(steps=4, batch=12, crop=32, lr=1e-3)
+    labels = [l for i in range(4) for l in T.StageBatches(stage, pool, cfg, seed=0)[i]["labels"]]
+    clean = sum(not l for l in labels)
+    assert 0 < clean < len(labels) and any(len(l) > 1 for l in labels)
+
+
+def test_pool_crops_keep_the_pixels_at_scale_one(data_dir):
+    """A crop the side of the image's short edge is a plain window of it (no resampling)."""
+    pool = T.PhotoPool(data_dir)
+    i = min(range(len(pool.images)), key=lambda k: min(pool.images[k].shape[:2]))
+    pool.images, pool._pil = [pool.images[i]], [pool._pil[i]]
+    side = min(pool.images[0].shape[:2])
+    crop = pool.crop(np.random.default_rng(0), side)
+    img = pool.images[0]
+    windows = [img[y : y + side, x : x + side] for y in range(img.shape[0] - side + 1) for x in range(img.shape[1] - side + 1)]
+    assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
+    small = pool.crop(np.random.default_rng(1), side // 2)
+    assert small.shape == (side // 2, side // 2, 3) and 0 <= small.min() and small.max() <= 1
+
+
 @pytest.mark.parametrize("stage", ["lqa", "e2e"])
 def test_batches_depend_on_seed_and_step_only(data_dir, stage):
     """A loader worker, a resumed run and an unbroken run all build the same batch for a step."""
