@@ -58,6 +58,8 @@ class StageConfig:
     # Mixed crop sides: each step draws one (so the LQA meets the token counts of inference);
     # the batch shrinks in proportion to the side to keep a step's cost near that at `crop`.
     crops: tuple[int, ...] = ()
+    # Weight of the texture term of the codec's reconstruction loss (codec and decoder stages).
+    texture: float = 0.0
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -68,12 +70,12 @@ class StageConfig:
 
 
 DEFAULTS = {
-    "codec": StageConfig(steps=2000, batch=12, crop=64, lr=1e-3),
+    "codec": StageConfig(steps=2000, batch=12, crop=64, lr=1e-3, texture=2.0),
     "lqa": StageConfig(steps=2000, batch=16, crop=64, lr=5e-4, crops=(64, 128, 256)),
     "uir": StageConfig(steps=1000, batch=12, crop=96, lr=4e-4),
     "connector": StageConfig(steps=500, batch=12, crop=96, lr=2e-4),
     "e2e": StageConfig(steps=1750, batch=6, crop=96, lr=1e-4, crops=(64, 96, 128, 192)),
-    "decoder": StageConfig(steps=600, batch=8, crop=96, lr=5e-4),
+    "decoder": StageConfig(steps=600, batch=8, crop=96, lr=5e-4, texture=2.0),
 }
 
 
@@ -224,12 +226,29 @@ def batch_pairs(composite_p: float, clean_p: float = 0.0, rounds: int = 0):
     return make
 
 
-def step_codec(model, b, gen):
+def local_energy(x: torch.Tensor, window: int = 8) -> torch.Tensor:
+    """Mean |high-pass| of x over windows: how much fine texture (noise, blocking, streaks) a
+    region holds, whatever its phase."""
+    hp = x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    return F.avg_pool2d(hp.abs(), window)
+
+
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, texture: float) -> torch.Tensor:
+    """L1 + MSE, plus a texture term. Pixel losses alone teach the codec to drop what it cannot
+    place exactly (noise, grain), so its latent loses the degradation the LQA must name; the SD3.5
+    VAE keeps it thanks to its perceptual and adversarial losses. Matching the local energy of
+    the high frequencies is their cheap stand-in: it pays the latent to carry how much texture a
+    region has, not where each grain sits."""
+    loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+    return loss + texture * F.l1_loss(local_energy(rec), local_energy(x)) if texture else loss
+
+
+def step_codec(model, b, gen, cfg):
     x = b["x"]
     dist = model.codec.vae.encode(x * 2 - 1).latent_dist
     rec = (model.codec.vae.decode(dist.sample(gen)).sample + 1) / 2
     kl = dist.kl().mean() / x[0].numel()
-    loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+    loss = reconstruction_loss(rec, x, cfg.texture) + 1e-4 * kl
     return loss, {"psnr": psnr(rec, x)}
 
 
@@ -242,7 +261,7 @@ def encode(model: RAR, x: torch.Tensor) -> torch.Tensor:
     return model.codec.encode(x)
 
 
-def step_lqa(model, b, gen):
+def step_lqa(model, b, gen, cfg):
     lqa = model.lqa
     if b["kind"] == "identify":
         prefix = lqa.prompt_embeds(prompts.identify_segments(prompts.IDENTIFY[b["q"]]), [encode(model, b["x"])])
@@ -270,14 +289,14 @@ def flow_times(model: RAR, batch: int, gen, device) -> torch.Tensor:
     return sample_s(batch, model.config.uir.flow_shift, gen).to(device)
 
 
-def step_uir(model, b, gen):
+def step_uir(model, b, gen, cfg):
     z_hq, z_deg = encode(model, b["hq"]), encode(model, b["deg"])
     context, pooled = null_condition(model, len(z_hq), z_hq.device)
     loss, _ = flow_loss(model.uir, z_hq, z_deg, flow_times(model, len(z_hq), gen, z_hq.device), context, pooled)
     return loss.mean(), {}
 
 
-def step_connector(model, b, gen):
+def step_connector(model, b, gen, cfg):
     z_hq, z_deg = encode(model, b["hq"]), encode(model, b["deg"])
     with torch.no_grad():
         prefix = model.lqa.prompt_embeds(prompts.identify_segments(prompts.IDENTIFY[-1]), [z_deg])
@@ -287,7 +306,7 @@ def step_connector(model, b, gen):
     return loss.mean(), {}
 
 
-def step_e2e(model, b, gen):
+def step_e2e(model, b, gen, cfg):
     """Recurrent rounds (Eq. 5-6); the LQA keeps its identification and learns to verify results."""
     z_hq, z = encode(model, b["hq"]), encode(model, b["deg"])
     s = flow_times(model, len(z), gen, z.device)  # one time per sample, shared by rounds
@@ -316,12 +335,12 @@ def step_e2e(model, b, gen):
     return total + 0.1 * lm_total + 0.1 * cmp_loss, {"flow": float(total.detach()), "cmp": float(cmp_loss.detach())}
 
 
-def step_decoder(model, b, gen):
+def step_decoder(model, b, gen, cfg):
     x = b["x"]
     with torch.no_grad():
         z = model.codec.encode(x)
     rec = (model.codec.vae.decode(model.codec.process_out(z)).sample + 1) / 2
-    loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+    loss = reconstruction_loss(rec, x, cfg.texture)
     return loss, {"psnr": psnr(rec, x)}
 
 
@@ -443,7 +462,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * sched(step)
-        loss, info = STEP[stage](model, to_device(batch, dev), gen)
+        loss, info = STEP[stage](model, to_device(batch, dev), gen, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -483,6 +502,7 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--batch", type=int)
     t.add_argument("--crop", help="crop side, or several comma-separated sides drawn per step (e.g. 64,128,256)")
     t.add_argument("--lr", type=float)
+    t.add_argument("--texture", type=float, help="weight of the codec's texture loss term (codec, decoder; 0 turns it off)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
@@ -494,7 +514,7 @@ def add_train_subparser(sub) -> None:
 
 
 def stage_config(stage: str, args) -> StageConfig:
-    over = {k: getattr(args, k) for k in ("steps", "batch", "lr") if getattr(args, k) is not None}
+    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture") if getattr(args, k, None) is not None}
     if args.crop:
         sides = tuple(int(c) for c in str(args.crop).split(","))
         over["crop"], over["crops"] = sides[0], (sides if len(sides) > 1 else ())
