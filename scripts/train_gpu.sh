@@ -2,14 +2,15 @@
 # The GPU part of the shipped compact RAR's recipe, in time budgets (seconds; SCALE multiplies
 # them). BENCHMARKS.md lists the CPU stages that followed it.
 #
-#   bash scripts/train_gpu.sh            # writes runs/gpu/tex/stage-decoder.safetensors
+#   bash scripts/train_gpu.sh            # writes runs/gpu/main/stage-decoder.safetensors
 #
-# Part 1, the paper's order: codec (on clean and degraded photos alike), UIR pre-training, LQA,
-# connector, end-to-end, then a decoder-only fine-tune, all with pixel losses only (--texture 0).
-# Part 2 turns on the codec's texture term (train.reconstruction_loss) so the latent keeps the
-# noise and grain the LQA must name, and lets the stages that read the latent catch up: codec,
-# LQA, connector, end-to-end, decoder, each from the previous one. PART=1 or PART=2 runs one
-# part; PART=2 INIT=model.safetensors starts part 2 from a given part-1 model.
+# Part 1 (the shipped model's GPU part), the paper's order: codec (on clean and degraded photos
+# alike), UIR pre-training, LQA, connector, end-to-end, then a decoder-only fine-tune.
+# Part 2 (PART=2 or PART=all; an experiment, BENCHMARKS.md) turns on the codec's texture term
+# (train.reconstruction_loss) so the latent keeps more of the grain the LQA must name, and lets
+# the stages that read the latent catch up: codec, LQA, connector, end-to-end, decoder, each
+# from the previous one, into runs/gpu/tex. PART=2 INIT=model.safetensors starts it from a
+# given part-1 model.
 # The models are small, so a GPU step costs its kernel launches more than its batch: batches
 # are large and 14 loader processes make the data. Each stage logs the step count its budget
 # allowed, so `rar train --stage S --steps N` with the flags below repeats it (on a GPU the run
@@ -20,7 +21,7 @@ DATA=${DATA:-data}
 SCALE=${SCALE:-1}
 DEVICE=${DEVICE:-cuda}
 W=${WORKERS:-14}
-PART=${PART:-all}
+PART=${PART:-1}
 INIT=${INIT:-$RUN/main/stage-decoder.safetensors}
 EXPORT=${EXPORT:-}   # a folder that gets the latest stage model after every stage (for a device run)
 PY=${PYTHON:-python3}
@@ -79,6 +80,7 @@ publish decoder tex
 case "$PART" in
   1) part1 ;;
   2) part2 ;;
-  *) part1; part2 ;;
+  all) part1; part2 ;;
+  *) echo "PART must be 1, 2 or all" >&2; exit 2 ;;
 esac
 echo "== done $(date +%T)"

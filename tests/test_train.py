@@ -125,6 +125,39 @@ def test_codec_learns_degraded_photos_as_well_as_clean(data_dir, stage):
     assert 0 < clean < len(labels) and any(len(l) > 1 for l in labels)
 
 
+def test_local_energy_measures_texture_not_its_phase():
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    noise = 0.05 * torch.randn(1, 3, 32, 32, generator=g)
+    e_flat, e_a = T.local_energy(flat), T.local_energy(flat + noise)
+    e_b = T.local_energy(flat + noise.roll(5, dims=-1))  # the same grain, elsewhere
+    assert e_flat.abs().max() < 1e-6 and e_a.mean() > 0.02
+    assert torch.allclose(e_a.mean(), e_b.mean(), rtol=0.05)
+    assert T.local_energy(flat + 2 * noise).mean() > 1.8 * e_a.mean()
+
+
+def test_texture_term_charges_a_codec_that_drops_grain():
+    """With the texture term, wiping out noise costs more than the pixel error alone; noise of the
+    right energy in the wrong place costs (almost) nothing extra."""
+    g = torch.Generator().manual_seed(1)
+    clean = torch.linspace(0.3, 0.7, 64).expand(2, 3, 64, 64)  # smooth: all texture is the grain
+    noisy = clean + 0.05 * torch.randn(2, 3, 64, 64, generator=g)
+    plain, textured = T.reconstruction_loss(clean, noisy, 0.0), T.reconstruction_loss(clean, noisy, 2.0)
+    assert textured > plain + 0.02
+    other = clean + 0.05 * torch.randn(2, 3, 64, 64, generator=g)  # other grain, same energy
+    extra = T.reconstruction_loss(other, noisy, 2.0) - T.reconstruction_loss(other, noisy, 0.0)
+    assert extra < 0.2 * (textured - plain)
+
+
+def test_cli_texture_weight_reaches_the_stage_config():
+    import argparse
+
+    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=2.0)
+    assert T.stage_config("codec", args).texture == 2.0
+    args.texture = None
+    assert T.stage_config("codec", args).texture == T.DEFAULTS["codec"].texture == 0.0
+
+
 def test_pool_crops_keep_the_pixels_at_scale_one(data_dir):
     """A crop the side of the image's short edge is a plain window of it (no resampling)."""
     pool = T.PhotoPool(data_dir)
