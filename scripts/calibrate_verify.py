@@ -21,7 +21,7 @@ from rar_core import degrade as D  # noqa: E402
 from rar_core import train as T  # noqa: E402
 from rar_core.checkpoint import default_model_path, load_rar, read_metadata, save_rar  # noqa: E402
 
-MARGINS = (-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+MARGINS = (-2.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 def psnr(x, y):
