@@ -186,8 +186,8 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
 # Each stage is a batch maker (numpy, run in DataLoader workers; every random draw comes from the
 # step's own rng) and a step (torch, on the training device).
 def batch_images(pool, rng, batch, crop):
-    """Clean and degraded photos alike: the codec must reconstruct what it is given (as the SD3.5
-    VAE keeps noise and rain), or the latent the LQA reads has lost the degradation to name."""
+    """Clean and degraded photos alike: the codec must reconstruct whatever it is given, as the
+    SD3.5 VAE does, since every latent the LQA and the restorer read is of a degraded image."""
     samples = [degraded_sample(pool, rng, crop, composite_p=0.15, clean_p=0.5) for _ in range(batch)]
     return {"x": to_tensor([s[1] for s in samples]), "labels": [s[2] for s in samples]}
 
@@ -236,11 +236,11 @@ def local_energy(x: torch.Tensor, window: int = 8) -> torch.Tensor:
 
 
 def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, texture: float) -> torch.Tensor:
-    """L1 + MSE, plus a texture term. Pixel losses alone teach the codec to drop what it cannot
-    place exactly (noise, grain), so its latent loses the degradation the LQA must name; the SD3.5
-    VAE keeps it thanks to its perceptual and adversarial losses. Matching the local energy of
-    the high frequencies is their cheap stand-in: it pays the latent to carry how much texture a
-    region has, not where each grain sits."""
+    """L1 + MSE, plus an optional texture term. Pixel losses alone teach the codec to drop what it
+    cannot place exactly (noise, grain), so its latent keeps little of it; the SD3.5 VAE keeps it
+    thanks to its perceptual and adversarial losses. Matching the local energy of the high
+    frequencies is their cheap stand-in: it pays the latent to carry how much texture a region
+    has, not where each grain sits."""
     loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
     return loss + texture * F.l1_loss(local_energy(rec), local_energy(x)) if texture else loss
 

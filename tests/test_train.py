@@ -116,8 +116,7 @@ def test_cli_crop_list_sets_mixed_sides():
 
 @pytest.mark.parametrize("stage", ["codec", "decoder"])
 def test_codec_learns_degraded_photos_as_well_as_clean(data_dir, stage):
-    """The codec reconstructs what it is given; one trained on clean photos only wipes out the
-    noise the LQA is meant to name."""
+    """The codec learns to reconstruct degraded photos too, the inputs it meets in the loop."""
     pool = T.PhotoPool(data_dir)
     cfg = T.StageConfig(steps=4, batch=12, crop=32, lr=1e-3)
     labels = [l for i in range(4) for l in T.StageBatches(stage, pool, cfg, seed=0)[i]["labels"]]
