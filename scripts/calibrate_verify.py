@@ -79,7 +79,7 @@ def main():
     print("margin | mean PSNR | rounds")
     scores = {m: simulate(ps, lo, m) for m in MARGINS}
     for m, (p, r) in scores.items():
-        print(f"{m:6.1f} | {p:9.2f} | {r:.2f}")
+        print(f"{m:6.2f} | {p:9.2f} | {r:.2f}")
     best = max(MARGINS, key=lambda m: (round(scores[m][0], 3), -abs(m)))  # ties: the smallest change
     print(f"best margin {best} (was {model.config.verify_margin})")
     if args.write:

@@ -26,55 +26,41 @@ INIT=${INIT:-$RUN/main/stage-decoder.safetensors}
 EXPORT=${EXPORT:-}   # a folder that gets the latest stage model after every stage (for a device run)
 PY=${PYTHON:-python3}
 b() { $PY -c "print(max(1, round($1 * $SCALE)))"; }
-train() { $PY -m rar_core.cli train --data "$DATA" --device "$DEVICE" -q "$@"; }
 publish() {  # latest model + logs into $EXPORT, in parts small enough to travel
   [ -n "$EXPORT" ] || return 0
   mkdir -p "$EXPORT/tmp" && rm -f "$EXPORT"/tmp/*
-  split -b 15M -d "$RUN/$2/stage-$1.safetensors" "$EXPORT/tmp/model.part"
-  rm -f "$EXPORT"/model.part* && mv "$EXPORT"/tmp/model.part* "$EXPORT"/ && echo "$1" > "$EXPORT/stage.txt"
+  split -b 15M -d "$1" "$EXPORT/tmp/model.part"
+  rm -f "$EXPORT"/model.part* && mv "$EXPORT"/tmp/model.part* "$EXPORT"/ && basename "$1" .safetensors > "$EXPORT/stage.txt"
   tar czf "$EXPORT/logs.tgz" -C "$RUN" --exclude='*.safetensors' .
+}
+# stage DIR NAME BUDGET_S [rar train flags]: one budgeted stage into DIR, then publish it
+stage() {
+  local dir=$1 name=$2 budget=$3
+  shift 3
+  echo "== $dir: $name $(date +%T)"
+  mkdir -p "$dir"
+  $PY -m rar_core.cli train --data "$DATA" --device "$DEVICE" -q --stage "$name" --out "$dir" \
+    --steps 60000 --workers "$W" --budget-s "$(b "$budget")" "$@"
+  publish "$dir/stage-$name.safetensors"
 }
 
 part1() {
-mkdir -p "$RUN/main"
-echo "== codec $(date +%T)"
-train --stage codec --out "$RUN/main" --batch 64 --crop 128 --texture 0 --steps 60000 --workers $W --budget-s "$(b 140)"
-publish codec main
-echo "== uir $(date +%T)"
-train --stage uir --out "$RUN/main" --batch 96 --crop 128 --steps 60000 --workers $W --budget-s "$(b 70)"
-publish uir main
-echo "== lqa $(date +%T)"
-train --stage lqa --out "$RUN/main" --batch 128 --crop 64,128,192,256 --steps 60000 --workers $W --budget-s "$(b 75)"
-publish lqa main
-echo "== connector $(date +%T)"
-train --stage connector --out "$RUN/main" --batch 96 --crop 128 --steps 60000 --workers $W --budget-s "$(b 20)"
-publish connector main
-echo "== e2e $(date +%T)"
-train --stage e2e --out "$RUN/main" --batch 48 --crop 96,64,128,192,256 --steps 60000 --workers $W --budget-s "$(b 75)"
-publish e2e main
-echo "== decoder $(date +%T)"
-train --stage decoder --out "$RUN/main" --batch 64 --crop 128 --texture 0 --steps 60000 --workers $W --budget-s "$(b 20)"
-publish decoder main
+  local M="$RUN/main"
+  stage "$M" codec 140 --batch 64 --crop 128 --texture 0
+  stage "$M" uir 70 --batch 96 --crop 128
+  stage "$M" lqa 75 --batch 128 --crop 64,128,192,256
+  stage "$M" connector 20 --batch 96 --crop 128
+  stage "$M" e2e 75 --batch 48 --crop 96,64,128,192,256
+  stage "$M" decoder 20 --batch 64 --crop 128 --texture 0
 }
 
 part2() {
-T="$RUN/tex"
-mkdir -p "$T"
-echo "== texture: codec $(date +%T)"
-train --stage codec --init "$INIT" --out "$T" --batch 64 --crop 128 --lr 3e-4 --texture 2 --steps 60000 --workers $W --budget-s "$(b 60)"
-publish codec tex
-echo "== texture: lqa $(date +%T)"
-train --stage lqa --init "$T/stage-codec.safetensors" --out "$T" --batch 128 --crop 64,128,192,256 --steps 60000 --workers $W --budget-s "$(b 45)"
-publish lqa tex
-echo "== texture: connector $(date +%T)"
-train --stage connector --out "$T" --batch 96 --crop 128 --steps 60000 --workers $W --budget-s "$(b 10)"
-publish connector tex
-echo "== texture: e2e $(date +%T)"
-train --stage e2e --out "$T" --batch 48 --crop 96,64,128,192,256 --steps 60000 --workers $W --budget-s "$(b 55)"
-publish e2e tex
-echo "== texture: decoder $(date +%T)"
-train --stage decoder --out "$T" --batch 64 --crop 128 --texture 2 --steps 60000 --workers $W --budget-s "$(b 10)"
-publish decoder tex
+  local T="$RUN/tex"
+  stage "$T" codec 60 --init "$INIT" --batch 64 --crop 128 --lr 3e-4 --texture 2
+  stage "$T" lqa 45 --init "$T/stage-codec.safetensors" --batch 128 --crop 64,128,192,256
+  stage "$T" connector 10 --batch 96 --crop 128
+  stage "$T" e2e 55 --batch 48 --crop 96,64,128,192,256
+  stage "$T" decoder 10 --batch 64 --crop 128 --texture 2
 }
 
 case "$PART" in
