@@ -153,6 +153,12 @@ class RARConfig:
     # majority; a positive margin, calibrated on training photos, stops the loop on rounds that
     # change little (scripts/calibrate_verify.py).
     verify_margin: float = 0.0
+    # The LQA looks at the central window of at most this many latent pixels per side (0: the
+    # whole latent). A small LQA trained on crops answers outside its training range on larger
+    # latents (the compact one accepted every round at 512 px); a window, unlike a downscaled
+    # view, keeps the per-pixel signature of noise, blur or JPEG blocks, and keeps the cost of
+    # assessing and verifying flat in the image size.
+    lqa_view: int = 0
 
     @property
     def pixel_multiple(self) -> int:
@@ -190,7 +196,7 @@ class RARConfig:
                 kwargs[key] = cls(**value)
             elif key == "labels":
                 kwargs[key] = tuple(value)
-            elif key in ("name", "verify_orders", "verify_margin"):
+            elif key in ("name", "verify_orders", "verify_margin", "lqa_view"):
                 kwargs[key] = value
             else:
                 raise ValueError(f"config has unknown section {key!r}")
@@ -198,12 +204,15 @@ class RARConfig:
 
 
 def compact() -> RARConfig:
-    return RARConfig(verify_orders=2)
+    # lqa_view 64 latent px = 256 px, the largest crop the compact LQA trains on
+    return RARConfig(verify_orders=2, lqa_view=64)
 
 
 def compact_wide() -> RARConfig:
     """The first shipped compact model's codec (32/64/128 channels): 4x the FLOPs of `compact`'s."""
-    return RARConfig(name="compact", codec=CodecConfig(block_out_channels=(32, 64, 128), norm_num_groups=32), verify_orders=2)
+    return RARConfig(
+        name="compact", codec=CodecConfig(block_out_channels=(32, 64, 128), norm_num_groups=32), verify_orders=2, lqa_view=64
+    )
 
 
 def sd35m() -> RARConfig:

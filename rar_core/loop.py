@@ -112,12 +112,21 @@ class RAR(nn.Module):
         return next(module.parameters()).dtype
 
     # ----- the three stages ------------------------------------------------------------
+    def lqa_view(self, z: torch.Tensor) -> torch.Tensor:
+        """The central window of z the LQA looks at (`config.lqa_view`; the whole z when 0 or larger)."""
+        v = self.config.lqa_view
+        h, w = z.shape[-2:]
+        if v <= 0 or (h <= v and w <= v):
+            return z
+        top, left = max(h - v, 0) // 2, max(w - v, 0) // 2
+        return z[..., top : top + min(h, v), left : left + min(w, v)]
+
     @torch.no_grad()
     def assess(self, z: torch.Tensor, question: str | None = None, free: bool = False) -> Assessment:
-        """Identify the main degradation of z (Eq. 1)."""
+        """Identify the main degradation of z (Eq. 1), seen through `lqa_view`."""
         self.check_latent(z)
         self._enter("assess")
-        a = self.lqa.identify(z.to(self._device_of(self.lqa)), self.config.labels, question, free)
+        a = self.lqa.identify(self.lqa_view(z).to(self._device_of(self.lqa)), self.config.labels, question, free)
         return Assessment(a.text, a.hidden)
 
     @torch.no_grad()
@@ -134,6 +143,8 @@ class RAR(nn.Module):
     def verify(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> tuple[torch.Tensor, list[str]]:
         """Quality verification (Sec. 5.6): Image A = new, Image B = previous; "Image B" means stop.
 
+        Both latents are seen through the same `lqa_view` window.
+
         With `config.verify_orders == 2` the pair is also asked swapped (one batched pass) and the
         candidate wins when the summed log-odds exceed `config.verify_margin`.
         """
@@ -141,7 +152,7 @@ class RAR(nn.Module):
         self._enter("verify")
         if self.config.verify_orders != 2:
             device = self._device_of(self.lqa)
-            a: Answer = self.lqa.compare(z_new.to(device), z_prev.to(device), question)
+            a: Answer = self.lqa.compare(self.lqa_view(z_new).to(device), self.lqa_view(z_prev).to(device), question)
             return torch.tensor([prompts.is_improvement(t) for t in a.text]), a.text
         margin = self.verify_log_odds(z_new, z_prev, question)
         improved = margin > self.config.verify_margin
@@ -153,7 +164,7 @@ class RAR(nn.Module):
     def verify_log_odds(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> torch.Tensor:
         """log P(new better) - log P(previous better), summed over both orders, in one batched pass."""
         device = self._device_of(self.lqa)
-        z_new, z_prev = z_new.to(device), z_prev.to(device)
+        z_new, z_prev = self.lqa_view(z_new).to(device), self.lqa_view(z_prev).to(device)
         B = z_new.shape[0]
         a = self.lqa.compare(torch.cat((z_new, z_prev)), torch.cat((z_prev, z_new)), question)
         lp = a.logprob.float().cpu()  # [2B, (Image A, Image B)]

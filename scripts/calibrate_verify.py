@@ -4,7 +4,8 @@ Runs 4 fixed rounds on degraded crops of the training photos, recording after ea
 PSNR of the decoded result and the verifier's summed log-odds (round k against round k-1). The
 adaptive loop with margin m stops at the first round whose log-odds are <= m and keeps the round
 before (round 0: the input pixels, as restore_image does), so every margin can be scored from one
-pass. Prints mean PSNR and rounds per margin; --write stores the best margin in the model file.
+pass. Prints mean PSNR and rounds per margin; --write stores the best margin in the model file,
+with the LQA's view window (`lqa_view`, default: the compact preset's, the largest training crop).
 
     python scripts/calibrate_verify.py [--model M] [--samples 48] [--write]
 """
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rar_core import degrade as D  # noqa: E402
 from rar_core import train as T  # noqa: E402
 from rar_core.checkpoint import default_model_path, load_rar, read_metadata, save_rar  # noqa: E402
+from rar_core.config import RARConfig  # noqa: E402
 
 MARGINS = (-2.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
@@ -62,10 +64,13 @@ def main():
     ap.add_argument("--samples", type=int, default=48)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--write", action="store_true", help="store the best margin in the model file")
+    ap.add_argument("--lqa-view", type=int, default=RARConfig.preset("compact").lqa_view,
+                    help="latent side of the window the LQA looks at (0: the whole latent); stored with --write")
+    ap.add_argument("--write", action="store_true", help="store the best margin (and --lqa-view) in the model file")
     args = ap.parse_args()
     path = Path(args.model or default_model_path())
     model = load_rar(path).eval()
+    model.config.lqa_view = args.lqa_view
     if model.config.verify_orders != 2:
         raise SystemExit("the margin applies to verification in both orders (verify_orders = 2)")
     pool = T.PhotoPool(Path(args.data))
@@ -89,7 +94,7 @@ def main():
         with safe_open(str(path), framework="pt") as f:
             dtype = next(t.dtype for t in (f.get_tensor(k) for k in f.keys()) if t.is_floating_point())
         save_rar(model, path, {k: meta[k] for k in ("stage",) if k in meta}, dtype=dtype)
-        print(f"wrote verify_margin = {best} into {path}")
+        print(f"wrote verify_margin = {best}, lqa_view = {args.lqa_view} into {path}")
 
 
 if __name__ == "__main__":

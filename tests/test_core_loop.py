@@ -317,3 +317,47 @@ def test_verify_both_orders_is_symmetric_and_sums_log_odds(tiny_model, monkeypat
     del raw["verify_orders"], raw["verify_margin"]
     old = RARConfig.from_json(json.dumps(raw))
     assert old.verify_orders == 1 and old.verify_margin == 0.0
+
+
+def test_lqa_view_assesses_and_verifies_the_central_window(tiny_model, monkeypatch):
+    """lqa_view = v: assess and verify see only the central v x v window of the latent (what a
+    small LQA was trained on); outside it nothing changes their answers, inside it does."""
+    from rar_core.config import RARConfig
+
+    g = torch.Generator().manual_seed(3)
+    z, z2 = torch.randn(2, 16, 12, 16, generator=g), torch.randn(2, 16, 12, 16, generator=g)
+    monkeypatch.setattr(tiny_model.config, "lqa_view", 6)
+    assert torch.equal(tiny_model.lqa_view(z), z[..., 3:9, 5:11])
+    with torch.no_grad():
+        direct = tiny_model.lqa.identify(z[..., 3:9, 5:11], tiny_model.config.labels)
+    a = tiny_model.assess(z)
+    assert a.answer == direct.text
+    assert all(torch.equal(h, d) for h, d in zip(a.hidden, direct.hidden))
+    outside = z.clone()
+    outside[..., :3, :] += 5.0
+    outside[..., :, 11:] -= 5.0
+    assert all(torch.equal(h, d) for h, d in zip(tiny_model.assess(outside).hidden, a.hidden))
+    inside = z.clone()
+    inside[..., 4, 6] += 5.0
+    assert not torch.equal(tiny_model.assess(inside).hidden[0], a.hidden[0])
+    # verification: both latents through the same window, in both orders and in one
+    monkeypatch.setattr(tiny_model.config, "verify_orders", 2)
+    with torch.no_grad():
+        lp_ab = tiny_model.lqa.compare(z[..., 3:9, 5:11], z2[..., 3:9, 5:11]).logprob
+        lp_ba = tiny_model.lqa.compare(z2[..., 3:9, 5:11], z[..., 3:9, 5:11]).logprob
+    assert torch.allclose(tiny_model.verify_log_odds(z, z2), (lp_ab[:, 0] - lp_ab[:, 1]) + (lp_ba[:, 1] - lp_ba[:, 0]))
+    monkeypatch.setattr(tiny_model.config, "verify_orders", 1)
+    with torch.no_grad():
+        single = tiny_model.lqa.compare(z[..., 3:9, 5:11], z2[..., 3:9, 5:11]).text
+    assert tiny_model.verify(z, z2)[1] == single
+    # a side at or below the window, or view 0, passes through whole
+    assert torch.equal(tiny_model.lqa_view(z[..., :6, :]), z[..., :6, 5:11])
+    monkeypatch.setattr(tiny_model.config, "lqa_view", 0)
+    assert tiny_model.lqa_view(z) is z
+    # the setting travels with the model file; files written before it look at the whole latent
+    assert RARConfig.preset("compact").lqa_view == 64 and RARConfig.preset("sd35m").lqa_view == 0
+    cfg = RARConfig.preset("compact")
+    assert RARConfig.from_json(cfg.to_json()).lqa_view == 64
+    raw = json.loads(cfg.to_json())
+    del raw["lqa_view"]
+    assert RARConfig.from_json(json.dumps(raw)).lqa_view == 0
