@@ -62,6 +62,8 @@ class StageConfig:
     # Off in the shipped recipe: it keeps more of the input's grain in the latent, but did not
     # yet lift identification (BENCHMARKS.md, "texture experiment").
     texture: float = 0.0
+    # Weight of the verification (A/B comparison) loss in the e2e stage, against the flow loss.
+    compare: float = 0.1
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -334,7 +336,7 @@ def step_e2e(model, b, gen, cfg):
     a_better = cand_better ^ swap
     prefix = model.lqa.prompt_embeds(prompts.compare_segments(prompts.COMPARE[-1]), [A, B])
     _, cmp_loss = model.lqa.teacher_forced(prefix, ["Image A" if x else "Image B" for x in a_better.tolist()])
-    return total + 0.1 * lm_total + 0.1 * cmp_loss, {"flow": float(total.detach()), "cmp": float(cmp_loss.detach())}
+    return total + 0.1 * lm_total + cfg.compare * cmp_loss, {"flow": float(total.detach()), "cmp": float(cmp_loss.detach())}
 
 
 def step_decoder(model, b, gen, cfg):
@@ -505,6 +507,7 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--crop", help="crop side, or several comma-separated sides drawn per step (e.g. 64,128,256)")
     t.add_argument("--lr", type=float)
     t.add_argument("--texture", type=float, help="weight of the codec's texture loss term (codec, decoder; 0 turns it off)")
+    t.add_argument("--compare", type=float, help="weight of the verification loss in the e2e stage (default 0.1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
@@ -516,7 +519,7 @@ def add_train_subparser(sub) -> None:
 
 
 def stage_config(stage: str, args) -> StageConfig:
-    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture") if getattr(args, k, None) is not None}
+    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare") if getattr(args, k, None) is not None}
     if args.crop:
         sides = tuple(int(c) for c in str(args.crop).split(","))
         over["crop"], over["crops"] = sides[0], (sides if len(sides) > 1 else ())

@@ -151,10 +151,31 @@ def test_texture_term_charges_a_codec_that_drops_grain():
 def test_cli_texture_weight_reaches_the_stage_config():
     import argparse
 
-    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=2.0)
+    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=2.0, compare=None)
     assert T.stage_config("codec", args).texture == 2.0
     args.texture = None
     assert T.stage_config("codec", args).texture == T.DEFAULTS["codec"].texture == 0.0
+    args.compare = 0.3
+    assert T.stage_config("e2e", args).compare == 0.3
+    args.compare = None
+    assert T.stage_config("e2e", args).compare == T.DEFAULTS["e2e"].compare == 0.1
+
+
+def test_e2e_compare_weight_scales_the_verification_loss(data_dir, tiny_factory):
+    """The e2e loss is flow + 0.1 LM + `compare` x verification: the same batch at two weights
+    differs by exactly the verification term the step reports."""
+    from dataclasses import replace
+
+    model = tiny_factory(seed=0)
+    cfg = replace(T.DEFAULTS["e2e"], batch=2, crop=16, crops=())
+    b = T.StageBatches("e2e", T.PhotoPool(data_dir), cfg, seed=0)[0]
+    losses = []
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)
+        loss, info = T.STEP["e2e"](model, b, torch.Generator().manual_seed(0), replace(cfg, compare=w))
+        losses.append(float(loss.detach()))
+    assert info["cmp"] > 0
+    assert losses[1] - losses[0] == pytest.approx(info["cmp"], rel=1e-4, abs=1e-6)
 
 
 def test_pool_crops_keep_the_pixels_at_scale_one(data_dir):
