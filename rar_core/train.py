@@ -22,6 +22,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,9 @@ class StageConfig:
     texture: float = 0.0
     # Weight of the verification (A/B comparison) loss in the e2e stage, against the flow loss.
     compare: float = 0.1
+    # Share of identification batches in the LQA stage (the rest are A/B comparisons). Naming the
+    # degradation takes far more samples to learn than comparing (BENCHMARKS.md, identification).
+    identify: float = 0.5
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -194,9 +198,9 @@ def batch_images(pool, rng, batch, crop):
     return {"x": to_tensor([s[1] for s in samples]), "labels": [s[2] for s in samples]}
 
 
-def batch_lqa(pool, rng, batch, crop):
-    """Half identification, half comparison; answers come from the known labels."""
-    if rng.random() < 0.5:
+def batch_lqa(pool, rng, batch, crop, identify: float = 0.5):
+    """Identification (a share `identify` of the batches) or comparison; answers come from the labels."""
+    if rng.random() < identify:
         samples = [degraded_sample(pool, rng, crop, composite_p=0.35, clean_p=0.12) for _ in range(batch)]
         return {"kind": "identify", "x": to_tensor([s[1] for s in samples]), "answers": [primary(s[2]) for s in samples],
                 "q": int(rng.integers(len(prompts.IDENTIFY)))}
@@ -365,6 +369,7 @@ class StageBatches(torch.utils.data.Dataset):
 
     def __init__(self, stage: str, pool: PhotoPool, cfg: StageConfig, seed: int):
         self.stage, self.pool, self.cfg, self.seed = stage, pool, cfg, seed
+        self.make = partial(batch_lqa, identify=cfg.identify) if stage == "lqa" else BATCH[stage]
 
     def __len__(self) -> int:
         return self.cfg.steps
@@ -372,7 +377,7 @@ class StageBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict:
         rng = np.random.default_rng([self.seed, STAGE_SEED[self.stage], step])
         crop, batch = self.cfg.draw(rng)
-        return BATCH[self.stage](self.pool, rng, batch, crop)
+        return self.make(self.pool, rng, batch, crop)
 
 
 def to_device(b: dict, device: torch.device) -> dict:
@@ -508,6 +513,7 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--lr", type=float)
     t.add_argument("--texture", type=float, help="weight of the codec's texture loss term (codec, decoder; 0 turns it off)")
     t.add_argument("--compare", type=float, help="weight of the verification loss in the e2e stage (default 0.1)")
+    t.add_argument("--identify", type=float, help="share of identification batches in the lqa stage (default 0.5)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
@@ -519,7 +525,7 @@ def add_train_subparser(sub) -> None:
 
 
 def stage_config(stage: str, args) -> StageConfig:
-    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare") if getattr(args, k, None) is not None}
+    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify") if getattr(args, k, None) is not None}
     if args.crop:
         sides = tuple(int(c) for c in str(args.crop).split(","))
         over["crop"], over["crops"] = sides[0], (sides if len(sides) > 1 else ())

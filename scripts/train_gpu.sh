@@ -11,6 +11,9 @@
 # the stages that read the latent catch up: codec, LQA, connector, end-to-end, decoder, each
 # from the previous one, into runs/gpu/tex. PART=2 INIT=model.safetensors starts it from a
 # given part-1 model.
+# Part 3 (PART=3; an experiment, not run yet) gives the LQA of the shipped model (or INIT3) four
+# times the identification samples of part 1 (300 s, 80 % identification batches), then lets the
+# connector and the end-to-end stage catch up, into runs/gpu/ident. The codec is not touched.
 # The models are small, so a GPU step costs its kernel launches more than its batch: batches
 # are large and 14 loader processes make the data. Each stage logs the step count its budget
 # allowed, so `rar train --stage S --steps N` with the flags below repeats it (on a GPU the run
@@ -23,6 +26,7 @@ DEVICE=${DEVICE:-cuda}
 W=${WORKERS:-14}
 PART=${PART:-1}
 INIT=${INIT:-$RUN/main/stage-decoder.safetensors}
+INIT3=${INIT3:-rar_core/weights/rar-compact.safetensors}
 EXPORT=${EXPORT:-}   # a folder that gets the latest stage model after every stage (for a device run)
 PY=${PYTHON:-python3}
 b() { $PY -c "print(max(1, round($1 * $SCALE)))"; }
@@ -63,10 +67,18 @@ part2() {
   stage "$T" decoder 10 --batch 64 --crop 128 --texture 2
 }
 
+part3() {
+  local I="$RUN/ident"
+  stage "$I" lqa 300 --init "$INIT3" --batch 128 --crop 64,128,192,256 --identify 0.8
+  stage "$I" connector 20 --batch 96 --crop 128
+  stage "$I" e2e 150 --batch 48 --crop 96,64,128,192,256
+}
+
 case "$PART" in
   1) part1 ;;
   2) part2 ;;
+  3) part3 ;;
   all) part1; part2 ;;
-  *) echo "PART must be 1, 2 or all" >&2; exit 2 ;;
+  *) echo "PART must be 1, 2, 3 or all" >&2; exit 2 ;;
 esac
 echo "== done $(date +%T)"

@@ -151,7 +151,7 @@ def test_texture_term_charges_a_codec_that_drops_grain():
 def test_cli_texture_weight_reaches_the_stage_config():
     import argparse
 
-    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=2.0, compare=None)
+    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=2.0, compare=None, identify=None)
     assert T.stage_config("codec", args).texture == 2.0
     args.texture = None
     assert T.stage_config("codec", args).texture == T.DEFAULTS["codec"].texture == 0.0
@@ -159,6 +159,28 @@ def test_cli_texture_weight_reaches_the_stage_config():
     assert T.stage_config("e2e", args).compare == 0.3
     args.compare = None
     assert T.stage_config("e2e", args).compare == T.DEFAULTS["e2e"].compare == 0.1
+
+
+def test_lqa_identify_share_sets_the_batch_kinds(data_dir):
+    """--identify P: the share of identification batches in the lqa stage; 0.5 keeps the old draws."""
+    import argparse
+    from dataclasses import replace
+
+    pool = T.PhotoPool(data_dir)
+    cfg = replace(T.DEFAULTS["lqa"], batch=2, crop=16, crops=(), steps=40)
+    kinds = lambda c: [T.StageBatches("lqa", pool, c, seed=0)[i]["kind"] for i in range(c.steps)]  # noqa: E731
+    half = kinds(cfg)
+    assert 5 < half.count("identify") < 35
+    assert set(kinds(replace(cfg, identify=1.0))) == {"identify"}
+    assert set(kinds(replace(cfg, identify=0.0))) == {"compare"}
+    mostly = kinds(replace(cfg, identify=0.8))
+    assert mostly.count("identify") > half.count("identify")
+    # the default draws what batch_lqa drew before the knob existed
+    rng = np.random.default_rng([0, T.STAGE_SEED["lqa"], 3])
+    side, n = cfg.draw(rng)
+    assert T.batch_lqa(pool, rng, n, side)["kind"] == half[3]
+    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=None, compare=None, identify=0.8)
+    assert T.stage_config("lqa", args).identify == 0.8
 
 
 def test_e2e_compare_weight_scales_the_verification_loss(data_dir, tiny_factory):
