@@ -81,6 +81,8 @@ def main():
         lo.append(l_)
     ps, lo = np.concatenate(ps), np.concatenate(lo)
     print(f"{len(ps)} training crops: input {ps[:, 0].mean():.2f} dB, rounds 1-4 {ps[:, 1:].mean(0).round(2).tolist()}")
+    oracle = ps.max(1)  # a verifier that always stopped at the best round (the headroom of the gate)
+    print(f"oracle stop: {oracle.mean():.2f} dB at {ps.argmax(1).mean():.2f} rounds")
     print("margin | mean PSNR | rounds")
     scores = {m: simulate(ps, lo, m) for m in MARGINS}
     for m, (p, r) in scores.items():
