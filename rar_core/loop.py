@@ -113,13 +113,14 @@ class RAR(nn.Module):
 
     # ----- the three stages ------------------------------------------------------------
     def lqa_view(self, z: torch.Tensor) -> torch.Tensor:
-        """The central window of z the LQA looks at (`config.lqa_view`; the whole z when 0 or larger)."""
+        """The central window of z the LQA looks at: at most `config.lqa_view` latent pixels a side
+        (all of z when the setting is 0 or z fits in it)."""
         v = self.config.lqa_view
         h, w = z.shape[-2:]
         if v <= 0 or (h <= v and w <= v):
             return z
         top, left = max(h - v, 0) // 2, max(w - v, 0) // 2
-        return z[..., top : top + min(h, v), left : left + min(w, v)]
+        return z[..., top : top + v, left : left + v]
 
     @torch.no_grad()
     def assess(self, z: torch.Tensor, question: str | None = None, free: bool = False) -> Assessment:
