@@ -11,9 +11,10 @@
 # the stages that read the latent catch up: codec, LQA, connector, end-to-end, decoder, each
 # from the previous one, into runs/gpu/tex. PART=2 INIT=model.safetensors starts it from a
 # given part-1 model.
-# Part 3 (PART=3; an experiment, not run yet) gives the LQA of the shipped model (or INIT3) four
-# times the identification samples of part 1 (300 s, 80 % identification batches), then lets the
-# connector and the end-to-end stage catch up, into runs/gpu/ident. The codec is not touched.
+# Part 3 (PART=3; an experiment, not run yet) gives the LQA of the shipped model (or INIT3) about
+# six times the identification samples of part 1 (300 s instead of 75, 80 % identification
+# batches instead of 50 %), then lets the connector and the end-to-end stage catch up, into
+# runs/gpu/ident. The codec is not touched.
 # The models are small, so a GPU step costs its kernel launches more than its batch: batches
 # are large and 14 loader processes make the data. Each stage logs the step count its budget
 # allowed, so `rar train --stage S --steps N` with the flags below repeats it (on a GPU the run
