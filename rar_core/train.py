@@ -8,6 +8,11 @@
                each round's predicted clean latent feeds the next without a gradient cut
     decoder    decoder-only fine-tuning of the codec: the encoder (so every latent the other
                stages learned on) stays fixed, only the final decode gets sharper
+    verify     the LQA alone on the pairs the loop asks about: the trained restorer's own rounds
+               (K Euler steps, as at inference), ranked by PSNR against the clean photo, near-ties
+               skipped, plus clean-vs-degraded pairs; the identification hidden states A_Q reads
+               are held to a frozen copy's (and the LM head frozen) so the restorer's
+               conditioning does not drift
 
 Every stage reads the previous stage's model file and writes its own; training state (model,
 optimiser, step) is checkpointed to safetensors so a stopped run resumes where it was. Random
@@ -17,6 +22,7 @@ draws depend on (seed, step) only, so a resumed run sees the same batches as an 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -41,9 +47,11 @@ from .loop import RAR
 from .uir import flow_loss, sample_s
 
 # The paper's order (Sec. 6.1): UIR pre-training, LQA stages, connector, end-to-end.
-STAGES = ("codec", "uir", "lqa", "connector", "e2e", "decoder")
-PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector", "decoder": "e2e"}
-STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4, "decoder": 5}  # fixed, whatever the order
+# `verify` is ours, after the paper's stages: the e2e stage's one-step rounds are not the loop's.
+STAGES = ("codec", "uir", "lqa", "connector", "e2e", "decoder", "verify")
+PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector", "decoder": "e2e",
+            "verify": "decoder"}
+STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4, "decoder": 5, "verify": 6}  # fixed, whatever the order
 ROUND_WEIGHTS = (0.2, 0.3, 0.4, 1.0)
 CLEAN = "Clean"
 
@@ -68,6 +76,13 @@ class StageConfig:
     # Share of identification batches in the LQA stage (the rest are A/B comparisons). Naming the
     # degradation takes far more samples to learn than comparing (BENCHMARKS.md, identification).
     identify: float = 0.5
+    # Verify stage: successive rounds closer than this (dB, decoded, against the clean photo) are
+    # near-ties whose order the LQA cannot learn; such pairs are skipped.
+    tie_db: float = 0.25
+    # Verify stage: weight of the term holding the identification hidden states to the frozen
+    # LQA's (relative MSE), so A_Q's input stays the one the restorer was trained with (at 1, a
+    # 1 % drift cost the first round 0.12 dB).
+    keep: float = 10.0
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -84,6 +99,7 @@ DEFAULTS = {
     "connector": StageConfig(steps=500, batch=12, crop=96, lr=2e-4),
     "e2e": StageConfig(steps=1750, batch=6, crop=96, lr=1e-4, crops=(64, 96, 128, 192)),
     "decoder": StageConfig(steps=600, batch=8, crop=96, lr=5e-4),
+    "verify": StageConfig(steps=1500, batch=8, crop=128, lr=1e-4, crops=(64, 128, 192, 256)),
 }
 
 
@@ -181,9 +197,13 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
         "connector": [model.connector, model.uir],
         "e2e": [model.connector, model.uir, model.lqa],
         "decoder": [model.codec.vae.decoder, model.codec.vae.post_quant_conv],
+        # The LQA but its output head: the identification answers then move only as far as
+        # the hidden states the `keep` term holds.
+        "verify": [model.lqa],
     }[stage]
     parts = [m for m in parts if m is not None]
-    params = [p for m in parts for p in m.parameters()]
+    frozen = {id(p) for p in model.lqa.lm.lm_head.parameters()} if stage == "verify" else set()
+    params = [p for m in parts for p in m.parameters() if id(p) not in frozen]
     for p in params:
         p.requires_grad_(True)
     return params
@@ -232,6 +252,15 @@ def batch_pairs(composite_p: float, clean_p: float = 0.0, rounds: int = 0):
             out["pair"] = torch.from_numpy(rng.integers(0, rounds, batch))  # verify round k+1 against round k
         return out
     return make
+
+
+def batch_verify(pool, rng, batch, crop):
+    """Degraded photos for the verify stage; the pairs come from the restorer's rounds in the step.
+    u[i] = (which image the clean photo is paired with, which round is identified) for sample i."""
+    samples = [degraded_sample(pool, rng, crop, composite_p=0.6) for _ in range(batch)]
+    return {"hq": to_tensor([s[0] for s in samples]), "deg": to_tensor([s[1] for s in samples]),
+            "answers": [primary(s[2]) for s in samples], "q": int(rng.integers(len(prompts.IDENTIFY))),
+            "cq": int(rng.integers(len(prompts.COMPARE))), "u": torch.from_numpy(rng.random((batch, 2)))}
 
 
 def local_energy(x: torch.Tensor, window: int = 8) -> torch.Tensor:
@@ -343,6 +372,68 @@ def step_e2e(model, b, gen, cfg):
     return total + 0.1 * lm_total + cfg.compare * cmp_loss, {"flow": float(total.detach()), "cmp": float(cmp_loss.detach())}
 
 
+@torch.no_grad()
+def loop_rounds(model: RAR, z: torch.Tensor, rounds: int) -> list[torch.Tensor]:
+    """The loop's fixed-mode trajectory as at inference: [z_0 = z, z_1, ..., z_rounds]."""
+    zs = [z]
+    for _ in range(rounds):
+        zs.append(model.restore(zs[-1], model.assess(zs[-1])))
+    return zs
+
+
+@torch.no_grad()
+def round_psnr(model: RAR, zs: list[torch.Tensor], x_deg: torch.Tensor, x_hq: torch.Tensor) -> torch.Tensor:
+    """[B, rounds + 1] PSNR of each round's decoded image against the clean photo. Round 0 is
+    the input's pixels: a loop that rejects its first round returns them, not their codec round
+    trip (restore_image)."""
+    decoded = [x_deg] + [model.decode(z).clamp(0, 1) for z in zs[1:]]
+    return torch.stack([-10 * torch.log10((x - x_hq).pow(2).mean((1, 2, 3)) + 1e-10) for x in decoded], 1)
+
+
+def verify_pairs(ps: list[float], pick: float, tie_db: float) -> list[tuple[int, int]]:
+    """(better, worse) pairs of one sample, as indices into [clean, z_0, ..., z_R] (ps[k] is the
+    PSNR of z_k): every successive pair of rounds the loop may ask about that is not a near-tie,
+    and the clean photo against the input or a round (`pick`). A sample's rounds cost far more
+    than the LQA's pass over its pairs, so every usable pair is trained on."""
+    pairs = [(k + 2, k + 1) if ps[k + 1] > ps[k] else (k + 1, k + 2)
+             for k in range(len(ps) - 1) if abs(ps[k + 1] - ps[k]) >= tie_db]
+    return pairs + [(0, 1 + min(int(pick * len(ps)), len(ps) - 1))]
+
+
+def step_verify(model, b, gen, cfg, reference):
+    """Verification on the restorer's own rounds, identification held to the frozen `reference` LQA."""
+    x_hq = b["hq"]
+    z_hq, z = encode(model, x_hq), encode(model, b["deg"])
+    zs = loop_rounds(model, z, len(ROUND_WEIGHTS))
+    ps = round_psnr(model, zs, b["deg"], x_hq).tolist()
+    u = b["u"].cpu().tolist()
+    every = torch.stack([z_hq] + zs)  # [R+2, B, ...]
+    pairs = [(g, w, i) for i, (p, ui) in enumerate(zip(ps, u)) for g, w in verify_pairs(p, ui[0], cfg.tie_db)]
+    dev = z.device
+    better = every[torch.tensor([p[0] for p in pairs], device=dev), torch.tensor([p[2] for p in pairs], device=dev)]
+    worse = every[torch.tensor([p[1] for p in pairs], device=dev), torch.tensor([p[2] for p in pairs], device=dev)]
+    a_better = (torch.rand(len(pairs), generator=gen) < 0.5).to(dev)
+    A = torch.where(a_better[:, None, None, None], better, worse)
+    B = torch.where(a_better[:, None, None, None], worse, better)
+    lqa = model.lqa
+    prefix = lqa.prompt_embeds(prompts.compare_segments(prompts.COMPARE[b["cq"]]), [model.lqa_view(A), model.lqa_view(B)])
+    _, cmp_loss = lqa.teacher_forced(prefix, ["Image A" if x else "Image B" for x in a_better.tolist()])
+
+    # The hidden states A_Q reads (identification of a round the loop assesses), held in place;
+    # identification itself is not trained here.
+    idx = torch.arange(len(z), device=dev)
+    k = torch.tensor([min(int(ui[1] * len(ROUND_WEIGHTS)), len(ROUND_WEIGHTS) - 1) for ui in u], device=dev)
+    z_k = model.lqa_view(torch.stack(zs)[k, idx])
+    seg = prompts.identify_segments(prompts.IDENTIFY[b["q"]])
+    hidden, _ = lqa.teacher_forced(lqa.prompt_embeds(seg, [z_k]), b["answers"])
+    with torch.no_grad():
+        ref, _ = reference.teacher_forced(reference.prompt_embeds(seg, [z_k]), b["answers"])
+    h, r = torch.cat(hidden), torch.cat(ref)
+    keep = (h - r).pow(2).mean() / r.pow(2).mean()
+    loss = cmp_loss + cfg.keep * keep
+    return loss, {"cmp": float(cmp_loss.detach()), "keep": float(keep.detach()), "pairs": len(pairs) / len(z)}
+
+
 def step_decoder(model, b, gen, cfg):
     x = b["x"]
     with torch.no_grad():
@@ -359,8 +450,10 @@ BATCH = {
     "uir": batch_pairs(composite_p=0.0),
     "connector": batch_pairs(composite_p=0.5, clean_p=0.05),
     "e2e": batch_pairs(composite_p=0.6, rounds=len(ROUND_WEIGHTS)),
+    "verify": batch_verify,
 }
-STEP = {"decoder": step_decoder, "codec": step_codec, "lqa": step_lqa, "uir": step_uir, "connector": step_connector, "e2e": step_e2e}
+STEP = {"decoder": step_decoder, "codec": step_codec, "lqa": step_lqa, "uir": step_uir, "connector": step_connector, "e2e": step_e2e,
+        "verify": step_verify}
 
 
 class StageBatches(torch.utils.data.Dataset):
@@ -447,6 +540,9 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
     else:
         model = build_model(RARConfig.preset(preset), seed=seed)
     model.to(dev).train()
+    step_fn = STEP[stage]
+    if stage == "verify":  # the stage's starting LQA (a resumed run too), frozen
+        step_fn = partial(step_verify, reference=copy.deepcopy(model.lqa).requires_grad_(False))
     params = trainable(model, stage)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     state_file = out / f"state-{stage}.safetensors"
@@ -471,7 +567,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * sched(step)
-        loss, info = STEP[stage](model, to_device(batch, dev), gen, cfg)
+        loss, info = step_fn(model, to_device(batch, dev), gen, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -514,6 +610,7 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--texture", type=float, help="weight of the codec's texture loss term (codec, decoder; 0 turns it off)")
     t.add_argument("--compare", type=float, help="weight of the verification loss in the e2e stage (default 0.1)")
     t.add_argument("--identify", type=float, help="share of identification batches in the lqa stage (default 0.5)")
+    t.add_argument("--tie-db", type=float, help="verify stage: skip successive rounds closer than this (dB, default 0.25)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
@@ -525,7 +622,7 @@ def add_train_subparser(sub) -> None:
 
 
 def stage_config(stage: str, args) -> StageConfig:
-    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify") if getattr(args, k, None) is not None}
+    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify", "tie_db") if getattr(args, k, None) is not None}
     if args.crop:
         sides = tuple(int(c) for c in str(args.crop).split(","))
         over["crop"], over["crops"] = sides[0], (sides if len(sides) > 1 else ())

@@ -83,6 +83,11 @@ def main():
     print(f"{len(ps)} training crops: input {ps[:, 0].mean():.2f} dB, rounds 1-4 {ps[:, 1:].mean(0).round(2).tolist()}")
     oracle = ps.max(1)  # a verifier that always stopped at the best round (the headroom of the gate)
     print(f"oracle stop: {oracle.mean():.2f} dB at {ps.argmax(1).mean():.2f} rounds")
+    gain = np.diff(ps, axis=1)  # round k against round k-1, as the verifier is asked
+    clear = np.abs(gain) >= 0.25  # the verify stage's default near-tie threshold
+    right = (lo > 0) == (gain > 0)
+    print(f"successive rounds ranked right (log-odds sign, pairs >= 0.25 dB apart): "
+          f"{right[clear].mean():.1%} of {clear.sum()}; all pairs {right.mean():.1%}")
     print("margin | mean PSNR | rounds")
     scores = {m: simulate(ps, lo, m) for m in MARGINS}
     for m, (p, r) in scores.items():

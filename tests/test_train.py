@@ -256,3 +256,57 @@ def test_budget_caps_steps_and_records_them(tmp_path, data_dir, tiny_config, mon
     assert 3 < used < 50
     log = [json.loads(line)["step"] for line in (tmp_path / "b" / "log-uir.jsonl").read_text().splitlines()]
     assert log[-1] == used
+
+
+def test_verify_pairs_rank_successive_rounds_and_skip_near_ties():
+    """Indices into [clean, z_0..z_4]: the better of each non-tied successive pair comes first,
+    and the clean photo is paired with the input or the round `pick` names."""
+    ps = [20.0, 23.0, 23.1, 22.0, 22.05]  # z_0 .. z_4
+    assert T.verify_pairs(ps, 0.0, tie_db=0.25) == [(2, 1), (3, 4), (0, 1)]
+    assert T.verify_pairs(ps, 0.999, tie_db=0.25)[-1] == (0, 5)
+    assert T.verify_pairs(ps, 0.5, tie_db=5.0) == [(0, 3)]  # every round a near-tie: the clean pair only
+    assert T.verify_pairs(ps, 0.0, tie_db=0.0)[:4] == [(2, 1), (3, 2), (3, 4), (5, 4)]
+
+
+def test_verify_stage_trains_the_lqa_only_and_holds_its_identification_states(tmp_path, data_dir, tiny_factory):
+    """The verify stage changes nothing but the LQA (its output head neither), and its `keep` term
+    is zero for the frozen starting LQA and grows when the identification hidden states move."""
+    import copy
+    from dataclasses import replace
+
+    model = tiny_factory(seed=0)
+    init = save_rar(model, tmp_path / "init.safetensors")
+    cfg = replace(T.DEFAULTS["verify"], steps=2, batch=2, crop=32, crops=(), log_every=1, save_every=1)
+    path = T.train_stage("verify", tmp_path / "v", data_dir, cfg, init=init, quiet=True)
+    before, after = load_rar(init).state_dict(), load_rar(path).state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"lqa"}
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("lqa.lm.lm_head."))
+    log = [json.loads(line) for line in (tmp_path / "v" / "log-verify.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(r["pairs"] >= 1 for r in log)
+    assert T.stage_config("verify", __import__("argparse").Namespace(crop=None, tie_db=0.5)).tie_db == 0.5
+
+    b = T.StageBatches("verify", T.PhotoPool(data_dir), cfg, seed=0)[0]
+    reference = copy.deepcopy(model.lqa).requires_grad_(False)
+    _, info = T.step_verify(model, b, torch.Generator().manual_seed(0), cfg, reference)
+    assert info["keep"] == pytest.approx(0.0, abs=1e-10) and info["cmp"] > 0
+    with torch.no_grad():
+        for p in model.lqa.lm.model.layers[-1].parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    _, moved = T.step_verify(model, b, torch.Generator().manual_seed(0), cfg, reference)
+    assert moved["keep"] > 1e-4
+
+
+def test_round_psnr_scores_round_zero_on_the_input_pixels(tiny_factory):
+    """The loop returns the input's pixels when its first round is rejected, so the verify
+    stage ranks round 1 against those, not against their codec round trip."""
+    model = tiny_factory(seed=0)
+    g = torch.Generator().manual_seed(0)
+    x_hq = torch.rand(2, 3, 32, 32, generator=g)
+    x_deg = (x_hq + 0.1 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
+    zs = [model.encode(x_deg), model.encode(x_hq)]
+    ps = T.round_psnr(model, zs, x_deg, x_hq)
+    assert ps.shape == (2, 2)
+    expected0 = -10 * torch.log10((x_deg - x_hq).pow(2).mean((1, 2, 3)))
+    expected1 = -10 * torch.log10((model.decode(zs[1]).clamp(0, 1) - x_hq).pow(2).mean((1, 2, 3)))
+    assert torch.allclose(ps[:, 0], expected0, atol=1e-4) and torch.allclose(ps[:, 1], expected1, atol=1e-4)
