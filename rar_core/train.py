@@ -83,6 +83,9 @@ class StageConfig:
     # LQA's (relative MSE), so A_Q's input stays the one the restorer was trained with (at 1, a
     # 1 % drift cost the first round 0.12 dB).
     keep: float = 10.0
+    # Verify stage: leave the LM's output head as it is, so the identification answers move only
+    # as far as the hidden states `keep` holds.
+    freeze_head: bool = False
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -187,7 +190,7 @@ def load_state(path: Path, model: RAR, opt: torch.optim.Optimizer) -> int:
 
 
 # ----- stages -------------------------------------------------------------------------------
-def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
+def trainable(model: RAR, stage: str, freeze_head: bool = False) -> list[torch.nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(False)
     parts = {
@@ -197,12 +200,10 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
         "connector": [model.connector, model.uir],
         "e2e": [model.connector, model.uir, model.lqa],
         "decoder": [model.codec.vae.decoder, model.codec.vae.post_quant_conv],
-        # The LQA but its output head: the identification answers then move only as far as
-        # the hidden states the `keep` term holds.
         "verify": [model.lqa],
     }[stage]
     parts = [m for m in parts if m is not None]
-    frozen = {id(p) for p in model.lqa.lm.lm_head.parameters()} if stage == "verify" else set()
+    frozen = {id(p) for p in model.lqa.lm.lm_head.parameters()} if freeze_head and stage == "verify" else set()
     params = [p for m in parts for p in m.parameters() if id(p) not in frozen]
     for p in params:
         p.requires_grad_(True)
@@ -543,7 +544,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
     step_fn = STEP[stage]
     if stage == "verify":  # the stage's starting LQA (a resumed run too), frozen
         step_fn = partial(step_verify, reference=copy.deepcopy(model.lqa).requires_grad_(False))
-    params = trainable(model, stage)
+    params = trainable(model, stage, cfg.freeze_head)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     state_file = out / f"state-{stage}.safetensors"
     start = load_state(state_file, model, opt) if state_file.is_file() else 0
@@ -611,6 +612,8 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--compare", type=float, help="weight of the verification loss in the e2e stage (default 0.1)")
     t.add_argument("--identify", type=float, help="share of identification batches in the lqa stage (default 0.5)")
     t.add_argument("--tie-db", type=float, help="verify stage: skip successive rounds closer than this (dB, default 0.25)")
+    t.add_argument("--keep", type=float, help="verify stage: weight of the term holding A_Q's input in place (default 10)")
+    t.add_argument("--freeze-head", action="store_true", default=None, help="verify stage: leave the LM's output head as it is")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
@@ -622,7 +625,7 @@ def add_train_subparser(sub) -> None:
 
 
 def stage_config(stage: str, args) -> StageConfig:
-    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify", "tie_db") if getattr(args, k, None) is not None}
+    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify", "tie_db", "keep", "freeze_head") if getattr(args, k, None) is not None}
     if args.crop:
         sides = tuple(int(c) for c in str(args.crop).split(","))
         over["crop"], over["crops"] = sides[0], (sides if len(sides) > 1 else ())

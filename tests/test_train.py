@@ -269,14 +269,15 @@ def test_verify_pairs_rank_successive_rounds_and_skip_near_ties():
 
 
 def test_verify_stage_trains_the_lqa_only_and_holds_its_identification_states(tmp_path, data_dir, tiny_factory):
-    """The verify stage changes nothing but the LQA (its output head neither), and its `keep` term
-    is zero for the frozen starting LQA and grows when the identification hidden states move."""
+    """The verify stage changes nothing but the LQA (with `freeze_head`, not its output head), and
+    its `keep` term is zero for the frozen starting LQA and grows when the identification hidden
+    states move."""
     import copy
     from dataclasses import replace
 
     model = tiny_factory(seed=0)
     init = save_rar(model, tmp_path / "init.safetensors")
-    cfg = replace(T.DEFAULTS["verify"], steps=2, batch=2, crop=32, crops=(), log_every=1, save_every=1)
+    cfg = replace(T.DEFAULTS["verify"], steps=2, batch=2, crop=32, crops=(), log_every=1, save_every=1, freeze_head=True)
     path = T.train_stage("verify", tmp_path / "v", data_dir, cfg, init=init, quiet=True)
     before, after = load_rar(init).state_dict(), load_rar(path).state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
@@ -284,7 +285,12 @@ def test_verify_stage_trains_the_lqa_only_and_holds_its_identification_states(tm
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("lqa.lm.lm_head."))
     log = [json.loads(line) for line in (tmp_path / "v" / "log-verify.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(r["pairs"] >= 1 for r in log)
-    assert T.stage_config("verify", __import__("argparse").Namespace(crop=None, tie_db=0.5)).tie_db == 0.5
+    args = __import__("argparse").Namespace(crop=None, tie_db=0.5, keep=3.0, freeze_head=None)
+    assert (T.stage_config("verify", args).tie_db, T.stage_config("verify", args).keep) == (0.5, 3.0)
+    assert T.stage_config("verify", args).freeze_head is False
+    head = {id(p) for p in model.lqa.lm.lm_head.parameters()}
+    assert head <= {id(p) for p in T.trainable(model, "verify")}
+    assert not head & {id(p) for p in T.trainable(model, "verify", freeze_head=True)}
 
     b = T.StageBatches("verify", T.PhotoPool(data_dir), cfg, seed=0)[0]
     reference = copy.deepcopy(model.lqa).requires_grad_(False)
