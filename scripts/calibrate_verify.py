@@ -88,6 +88,9 @@ def main():
     right = (lo > 0) == (gain > 0)
     print(f"successive rounds ranked right (log-odds sign, pairs >= 0.25 dB apart): "
           f"{right[clear].mean():.1%} of {clear.sum()}; all pairs {right.mean():.1%}")
+    for k in range(gain.shape[1]):
+        c = clear[:, k]
+        print(f"  round {k + 1} against {k}: {right[c, k].mean():.0%} of {c.sum()} right, mean gain {gain[:, k].mean():+.2f} dB")
     print("margin | mean PSNR | rounds")
     scores = {m: simulate(ps, lo, m) for m in MARGINS}
     for m, (p, r) in scores.items():
