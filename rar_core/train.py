@@ -11,8 +11,8 @@
     verify     the LQA alone on the pairs the loop asks about: the trained restorer's own rounds
                (K Euler steps, as at inference), ranked by PSNR against the clean photo, near-ties
                skipped, plus clean-vs-degraded pairs; the identification hidden states A_Q reads
-               are held to a frozen copy's (and the LM head frozen) so the restorer's
-               conditioning does not drift
+               are held to a frozen copy's so the restorer's conditioning does not drift
+               (optional, not in `all`: it is not part of the shipped recipe, BENCHMARKS.md)
 
 Every stage reads the previous stage's model file and writes its own; training state (model,
 optimiser, step) is checkpointed to safetensors so a stopped run resumes where it was. Random
@@ -47,8 +47,9 @@ from .loop import RAR
 from .uir import flow_loss, sample_s
 
 # The paper's order (Sec. 6.1): UIR pre-training, LQA stages, connector, end-to-end.
-# `verify` is ours, after the paper's stages: the e2e stage's one-step rounds are not the loop's.
-STAGES = ("codec", "uir", "lqa", "connector", "e2e", "decoder", "verify")
+STAGES = ("codec", "uir", "lqa", "connector", "e2e", "decoder")
+# Ours, after the paper's stages and outside `all`: the e2e stage's one-step rounds are not the loop's.
+OPTIONAL = ("verify",)
 PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector", "decoder": "e2e",
             "verify": "decoder"}
 STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4, "decoder": 5, "verify": 6}  # fixed, whatever the order
@@ -80,8 +81,8 @@ class StageConfig:
     # near-ties whose order the LQA cannot learn; such pairs are skipped.
     tie_db: float = 0.25
     # Verify stage: weight of the term holding the identification hidden states to the frozen
-    # LQA's (relative MSE), so A_Q's input stays the one the restorer was trained with (at 1, a
-    # 1 % drift cost the first round 0.12 dB).
+    # LQA's (relative MSE), so A_Q's input stays the one the restorer was trained with (a run at
+    # 1 that also trained identification drifted 1 %, which cost the first round 0.13 dB).
     keep: float = 10.0
     # Verify stage: leave the LM's output head as it is, so the identification answers move only
     # as far as the hidden states `keep` holds.
@@ -600,7 +601,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
 
 def add_train_subparser(sub) -> None:
     t = sub.add_parser("train", help="train a RAR model stage by stage (resumable)")
-    t.add_argument("--stage", choices=STAGES + ("all",), required=True)
+    t.add_argument("--stage", choices=STAGES + OPTIONAL + ("all",), required=True)
     t.add_argument("--data", default="data", help="folder written by scripts/fetch_data.py")
     t.add_argument("--out", default="runs/compact", help="stage models and resumable state")
     t.add_argument("--preset", default="compact", choices=sorted(PRESETS), help="architecture of a model built from scratch (codec stage)")
