@@ -90,7 +90,8 @@ def main():
           f"{right[clear].mean():.1%} of {clear.sum()}; all pairs {right.mean():.1%}")
     for k in range(gain.shape[1]):
         c = clear[:, k]
-        print(f"  round {k + 1} against {k}: {right[c, k].mean():.0%} of {c.sum()} right, mean gain {gain[:, k].mean():+.2f} dB")
+        share = f"{right[c, k].mean():.0%}" if c.any() else "-"
+        print(f"  round {k + 1} against {k}: {share} of {c.sum()} right, mean gain {gain[:, k].mean():+.2f} dB")
     print("margin | mean PSNR | rounds")
     scores = {m: simulate(ps, lo, m) for m in MARGINS}
     for m, (p, r) in scores.items():
