@@ -388,7 +388,7 @@ def round_psnr(model: RAR, zs: list[torch.Tensor], x_deg: torch.Tensor, x_hq: to
     """[B, rounds + 1] PSNR of each round's decoded image against the clean photo. Round 0 is
     the input's pixels: a loop that rejects its first round returns them, not their codec round
     trip (restore_image)."""
-    decoded = [x_deg] + [model.decode(z).clamp(0, 1) for z in zs[1:]]
+    decoded = [x_deg] + [model.decode(z) for z in zs[1:]]  # decode clamps to [0, 1]
     return torch.stack([-10 * torch.log10((x - x_hq).pow(2).mean((1, 2, 3)) + 1e-10) for x in decoded], 1)
 
 
@@ -412,8 +412,8 @@ def step_verify(model, b, gen, cfg, reference):
     every = torch.stack([z_hq] + zs)  # [R+2, B, ...]
     pairs = [(g, w, i) for i, (p, ui) in enumerate(zip(ps, u)) for g, w in verify_pairs(p, ui[0], cfg.tie_db)]
     dev = z.device
-    better = every[torch.tensor([p[0] for p in pairs], device=dev), torch.tensor([p[2] for p in pairs], device=dev)]
-    worse = every[torch.tensor([p[1] for p in pairs], device=dev), torch.tensor([p[2] for p in pairs], device=dev)]
+    g, w, i = torch.tensor(pairs, device=dev).T
+    better, worse = every[g, i], every[w, i]
     a_better = (torch.rand(len(pairs), generator=gen) < 0.5).to(dev)
     A = torch.where(a_better[:, None, None, None], better, worse)
     B = torch.where(a_better[:, None, None, None], worse, better)
@@ -425,7 +425,7 @@ def step_verify(model, b, gen, cfg, reference):
     # identification itself is not trained here.
     idx = torch.arange(len(z), device=dev)
     k = torch.tensor([min(int(ui[1] * len(ROUND_WEIGHTS)), len(ROUND_WEIGHTS) - 1) for ui in u], device=dev)
-    z_k = model.lqa_view(torch.stack(zs)[k, idx])
+    z_k = model.lqa_view(every[k + 1, idx])  # every[1 + k] is z_k
     seg = prompts.identify_segments(prompts.IDENTIFY[b["q"]])
     hidden, _ = lqa.teacher_forced(lqa.prompt_embeds(seg, [z_k]), b["answers"])
     with torch.no_grad():

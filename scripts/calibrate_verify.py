@@ -26,10 +26,6 @@ from rar_core.config import RARConfig  # noqa: E402
 MARGINS = (-2.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
-def psnr(x, y):
-    return (-10 * torch.log10(((x - y) ** 2).mean((1, 2, 3)))).tolist()
-
-
 @torch.no_grad()
 def record(model, pool, n, size, seed, rounds=4):
     """psnr[i][k] (k = 0: input) and log-odds[i][k-1] of round k against round k-1."""
@@ -41,14 +37,9 @@ def record(model, pool, n, size, seed, rounds=4):
         clean.append(c)
         deg.append(s.image)
     x_hq, x = T.to_tensor(clean), T.to_tensor(deg)
-    z = model.encode(x)
-    ps, lo = [psnr(x, x_hq)], []
-    for _ in range(rounds):
-        z_new = model.restore(z, model.assess(z))
-        lo.append(model.verify_log_odds(z_new, z).tolist())
-        ps.append(psnr(model.decode(z_new), x_hq))
-        z = z_new
-    return np.array(ps).T, np.array(lo).T
+    zs = T.loop_rounds(model, model.encode(x), rounds)  # the trajectory the verify stage trains on
+    lo = torch.stack([model.verify_log_odds(new, prev) for prev, new in zip(zs, zs[1:])], 1)
+    return T.round_psnr(model, zs, x, x_hq).double().numpy(), lo.double().numpy()
 
 
 def simulate(ps, lo, margin):
