@@ -200,6 +200,31 @@ def test_e2e_compare_weight_scales_the_verification_loss(data_dir, tiny_factory)
     assert losses[1] - losses[0] == pytest.approx(info["cmp"], rel=1e-4, abs=1e-6)
 
 
+def test_e2e_identify_input_only(data_dir, tiny_factory):
+    """With `identify_input_only` the identification LM loss is the input round's (its true label)
+    alone; by default it is the mean over the 4 rounds, as in the shipped recipe."""
+    import argparse
+    from dataclasses import replace
+
+    model = tiny_factory(seed=0)
+    cfg = replace(T.DEFAULTS["e2e"], batch=2, crop=16, crops=())
+    assert cfg.identify_input_only is False
+    b = T.StageBatches("e2e", T.PhotoPool(data_dir), cfg, seed=0)[0]
+    infos = {}
+    for only in (False, True):
+        torch.manual_seed(0)
+        infos[only] = T.STEP["e2e"](model, b, torch.Generator().manual_seed(0), replace(cfg, identify_input_only=only))[1]
+    with torch.no_grad():
+        z_deg = T.encode(model, b["deg"])
+        expected = float(T.condition_teacher(model, z_deg, b["answers"], b["qs"][0])[2])
+    assert infos[True]["id"] == pytest.approx(expected, rel=1e-5)
+    assert abs(infos[False]["id"] - expected) > 1e-4  # the later rounds' latents give other losses
+    assert infos[True]["flow"] == pytest.approx(infos[False]["flow"], rel=1e-5)  # the restoration is the same
+    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=None, compare=None, identify=None,
+                              identify_input_only=True)
+    assert T.stage_config("e2e", args).identify_input_only is True
+
+
 def test_pool_crops_keep_the_pixels_at_scale_one(data_dir):
     """A crop the side of the image's short edge is a plain window of it (no resampling)."""
     pool = T.PhotoPool(data_dir)
