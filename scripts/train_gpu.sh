@@ -14,7 +14,8 @@
 # Part 3 (PART=3; an experiment, not run yet) gives the LQA of the shipped model (or INIT3) about
 # six times the identification samples of part 1 (300 s instead of 75, 80 % identification
 # batches instead of 50 %), then lets the connector and the end-to-end stage catch up, into
-# runs/gpu/ident. The codec is not touched.
+# runs/gpu/ident; the e2e stage takes its identification loss on the input round only, which kept
+# more of it in the CPU version of this part (BENCHMARKS.md, sixth session). The codec is not touched.
 # The models are small, so a GPU step costs its kernel launches more than its batch: batches
 # are large and 14 loader processes make the data. Each stage logs the step count its budget
 # allowed, so `rar train --stage S --steps N` with the flags below repeats it (on a GPU the run
@@ -72,7 +73,7 @@ part3() {
   local I="$RUN/ident"
   stage "$I" lqa 300 --init "$INIT3" --batch 128 --crop 64,128,192,256 --identify 0.8
   stage "$I" connector 20 --batch 96 --crop 128
-  stage "$I" e2e 150 --batch 48 --crop 96,64,128,192,256
+  stage "$I" e2e 150 --batch 48 --crop 96,64,128,192,256 --identify-input-only
 }
 
 case "$PART" in
