@@ -75,9 +75,10 @@ def main():
     oracle = ps.max(1)  # a verifier that always stopped at the best round (the headroom of the gate)
     print(f"oracle stop: {oracle.mean():.2f} dB at {ps.argmax(1).mean():.2f} rounds")
     gain = np.diff(ps, axis=1)  # round k against round k-1, as the verifier is asked
-    clear = np.abs(gain) >= 0.25  # the verify stage's default near-tie threshold
+    tie_db = T.DEFAULTS["verify"].tie_db  # the verify stage's near-tie threshold
+    clear = np.abs(gain) >= tie_db
     right = (lo > 0) == (gain > 0)
-    print(f"successive rounds ranked right (log-odds sign, pairs >= 0.25 dB apart): "
+    print(f"successive rounds ranked right (log-odds sign, pairs >= {tie_db} dB apart): "
           f"{right[clear].mean():.1%} of {clear.sum()}; all pairs {right.mean():.1%}")
     for k in range(gain.shape[1]):
         c = clear[:, k]
