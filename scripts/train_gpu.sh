@@ -16,6 +16,11 @@
 # batches instead of 50 %), then lets the connector and the end-to-end stage catch up, into
 # runs/gpu/ident; the e2e stage takes its identification loss on the input round only, which kept
 # more of it in the CPU version of this part (BENCHMARKS.md, sixth session). The codec is not touched.
+# Part D (PART=dec; an experiment) fine-tunes only the decoder of the shipped model (or INIT3) for
+# 420 s, 20 times the decoder stage of part 1, into runs/gpu/decoder. The encoder, and so the
+# latent every other module reads, stays as it is: its decoder drops into the shipped model (or a
+# part-3 model) with no catch-up. Parts 3 and D share no files and can run side by side on one
+# GPU (WORKERS split between them).
 # The models are small, so a GPU step costs its kernel launches more than its batch: batches
 # are large and 14 loader processes make the data. Each stage logs the step count its budget
 # allowed, so `rar train --stage S --steps N` with the flags below repeats it (on a GPU the run
@@ -76,11 +81,16 @@ part3() {
   stage "$I" e2e 150 --batch 48 --crop 96,64,128,192,256 --identify-input-only
 }
 
+partdec() {
+  stage "$RUN/decoder" decoder 420 --init "$INIT3" --batch 64 --crop 128 --texture 0
+}
+
 case "$PART" in
   1) part1 ;;
   2) part2 ;;
   3) part3 ;;
+  dec) partdec ;;
   all) part1; part2 ;;
-  *) echo "PART must be 1, 2, 3 or all" >&2; exit 2 ;;
+  *) echo "PART must be 1, 2, 3, dec or all" >&2; exit 2 ;;
 esac
 echo "== done $(date +%T)"
