@@ -13,8 +13,8 @@
 # given part-1 model.
 # Part 3 (PART=3; an experiment, BENCHMARKS.md seventh session) gives the LQA of the shipped
 # model (or INIT3) about six times the identification samples of part 1 (300 s instead of 75,
-# 80 % identification batches instead of 50 %), then lets the connector and the end-to-end stage catch up, into
-# runs/gpu/ident; the e2e stage takes its identification loss on the input round only, which kept
+# 80 % identification batches instead of 50 %), then lets the connector and the end-to-end
+# stage catch up, into runs/gpu/ident; the e2e stage takes its identification loss on the input round only, which kept
 # more of it in the CPU version of this part (BENCHMARKS.md, sixth session). The codec is not touched.
 # The connector has 60 s: the seventh session's run gave it 20 s (89 steps, sharing the GPU), and
 # its restorer fell 0.7 dB at 1 round until the CPU caught it up.
