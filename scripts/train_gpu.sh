@@ -16,13 +16,14 @@
 # 80 % identification batches instead of 50 %), then lets the connector and the end-to-end
 # stage catch up, into runs/gpu/ident; the e2e stage takes its identification loss on the input round only, which kept
 # more of it in the CPU version of this part (BENCHMARKS.md, sixth session). The codec is not touched.
-# The connector has 60 s: the seventh session's run gave it 20 s (89 steps, sharing the GPU), and
-# its restorer fell 0.7 dB at 1 round until the CPU caught it up.
+# Run it alone on the GPU: beside part D (seventh session) the connector got 89 steps and e2e
+# 292, and the restorer stayed 0.7 dB behind at 1 round until CPU stages caught most of it up.
 # Part D (PART=dec; an experiment) fine-tunes only the decoder of the shipped model (or INIT3) for
 # 420 s, 20 times the decoder stage of part 1, into runs/gpu/decoder. The encoder, and so the
 # latent every other module reads, stays as it is: its decoder drops into the shipped model (or a
 # part-3 model) with no catch-up (seventh session: codec +0.56 dB, restoration unchanged).
-# Parts 3 and D share no files and can run side by side on one GPU (WORKERS split between them).
+# Parts 3 and D share no files and can run side by side on one GPU (WORKERS split between them),
+# at a cost to part 3 (above).
 # The models are small, so a GPU step costs its kernel launches more than its batch: batches
 # are large and 14 loader processes make the data. Each stage logs the step count its budget
 # allowed, so `rar train --stage S --steps N` with the flags below repeats it (on a GPU the run
@@ -79,7 +80,7 @@ part2() {
 part3() {
   local I="$RUN/ident"
   stage "$I" lqa 300 --init "$INIT3" --batch 128 --crop 64,128,192,256 --identify 0.8
-  stage "$I" connector 60 --batch 96 --crop 128
+  stage "$I" connector 20 --batch 96 --crop 128
   stage "$I" e2e 150 --batch 48 --crop 96,64,128,192,256 --identify-input-only
 }
 
