@@ -80,6 +80,11 @@ class StageConfig:
     # e2e stage: take the identification LM loss on the input round only, not the mean over rounds
     # (off in the shipped recipe; BENCHMARKS.md, sixth session).
     identify_input_only: bool = False
+    # e2e stage: label which of two successive rounds is better by pixel error against the clean
+    # photo, round 0 being the input's own pixels (what the loop returns when it rejects round 1),
+    # instead of latent distance to the clean latent. Noise hardly moves the latent, so by latent
+    # distance a noisy input can beat a round that gained 7 dB (BENCHMARKS.md, seventh session).
+    verify_pixels: bool = False
     # Verify stage: successive rounds closer than this (dB, decoded, against the clean photo) are
     # near-ties whose order the LQA cannot learn; such pairs are skipped.
     tie_db: float = 0.25
@@ -367,13 +372,18 @@ def step_e2e(model, b, gen, cfg):
         total = total + w * loss.mean()
         zs.append(z.detach())
     # Verification on the pairs the loop asks about: round k+1 against round k (k = 0: the input);
-    # the one closer to z_hq is the better image.
+    # the one closer to z_hq (or, with `verify_pixels`, to the clean photo) is the better image.
     rounds = torch.stack(zs)  # [R+1, B, ...]
     k = b["pair"].to(z.device)
     idx = torch.arange(len(k), device=z.device)
     prev, cand = rounds[k, idx], rounds[k + 1, idx]
     with torch.no_grad():
-        cand_better = (cand - z_hq).pow(2).mean((1, 2, 3)) < (prev - z_hq).pow(2).mean((1, 2, 3))
+        if cfg.verify_pixels:  # the images the loop would return: input pixels, then decoded rounds
+            err = lambda x: (x - b["hq"]).pow(2).mean((1, 2, 3))
+            e_prev = torch.where(k == 0, err(b["deg"]), err(model.decode(prev)))
+            cand_better = err(model.decode(cand)) < e_prev
+        else:
+            cand_better = (cand - z_hq).pow(2).mean((1, 2, 3)) < (prev - z_hq).pow(2).mean((1, 2, 3))
     swap = b["swap"].to(z.device)
     A = torch.where(swap[:, None, None, None], prev, cand)
     B = torch.where(swap[:, None, None, None], cand, prev)
@@ -625,6 +635,8 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--identify", type=float, help="share of identification batches in the lqa stage (default 0.5)")
     t.add_argument("--identify-input-only", action="store_true", default=None,
                    help="e2e stage: the identification loss on the input round only, not the mean over the 4 rounds")
+    t.add_argument("--verify-pixels", action="store_true", default=None,
+                   help="e2e stage: rank successive rounds by pixel error (input pixels as round 0), not latent distance")
     t.add_argument("--tie-db", type=float, help="verify stage: skip successive rounds closer than this (dB, default 0.25)")
     t.add_argument("--keep", type=float, help="verify stage: weight of the term holding A_Q's input in place (default 10)")
     t.add_argument("--freeze-head", action="store_true", default=None, help="verify stage: leave the LM's output head as it is")
@@ -639,8 +651,8 @@ def add_train_subparser(sub) -> None:
 
 
 def stage_config(stage: str, args) -> StageConfig:
-    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify", "identify_input_only", "tie_db", "keep",
-                                      "freeze_head") if getattr(args, k, None) is not None}
+    over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify", "identify_input_only", "verify_pixels",
+                                      "tie_db", "keep", "freeze_head") if getattr(args, k, None) is not None}
     if args.crop:
         sides = tuple(int(c) for c in str(args.crop).split(","))
         over["crop"], over["crops"] = sides[0], (sides if len(sides) > 1 else ())

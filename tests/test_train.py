@@ -225,6 +225,35 @@ def test_e2e_identify_input_only(data_dir, tiny_factory):
     assert T.stage_config("e2e", args).identify_input_only is True
 
 
+def test_e2e_verify_pixels_labels_by_decoded_pixels(data_dir, tiny_factory):
+    """With `verify_pixels` the better of two rounds is the one whose image (input pixels at
+    round 0, decoded rounds after) is closer to the clean photo; by default the decoder plays no
+    part and latent distance decides."""
+    import argparse
+    from dataclasses import replace
+
+    model = tiny_factory(seed=0)
+    cfg = replace(T.DEFAULTS["e2e"], batch=2, crop=16, crops=())
+    assert cfg.verify_pixels is False
+    b = T.StageBatches("e2e", T.PhotoPool(data_dir), cfg, seed=0)[0]
+    b["pair"] = torch.zeros_like(b["pair"])  # round 1 against the input pixels
+    perfect, wrong = (lambda z: b["hq"].clone()), (lambda z: 1 - b["hq"])  # decoded rounds: exact or far off
+    infos = {}
+    for flag in (False, True):
+        for name, dec in (("perfect", perfect), ("wrong", wrong)):
+            model.decode = dec
+            torch.manual_seed(0)
+            infos[flag, name] = T.STEP["e2e"](model, b, torch.Generator().manual_seed(0), replace(cfg, verify_pixels=flag))[1]
+    # default: the decoder is not consulted, so the labels (and the loss) are the same
+    assert infos[False, "perfect"]["cmp"] == pytest.approx(infos[False, "wrong"]["cmp"], rel=1e-6)
+    # pixels: a perfect round beats the degraded input, a wrong one loses to it; every label flips
+    assert abs(infos[True, "perfect"]["cmp"] - infos[True, "wrong"]["cmp"]) > 1e-4
+    assert infos[True, "perfect"]["flow"] == pytest.approx(infos[False, "perfect"]["flow"], rel=1e-5)
+    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=None, compare=None, identify=None,
+                              verify_pixels=True)
+    assert T.stage_config("e2e", args).verify_pixels is True
+
+
 def test_pool_crops_keep_the_pixels_at_scale_one(data_dir):
     """A crop the side of the image's short edge is a plain window of it (no resampling)."""
     pool = T.PhotoPool(data_dir)
