@@ -379,7 +379,8 @@ def step_e2e(model, b, gen, cfg):
     prev, cand = rounds[k, idx], rounds[k + 1, idx]
     with torch.no_grad():
         if cfg.verify_pixels:  # the images the loop would return: input pixels, then decoded rounds
-            err = lambda x: (x - b["hq"]).pow(2).mean((1, 2, 3))
+            def err(x):
+                return (x - b["hq"]).pow(2).mean((1, 2, 3))
             e_prev = torch.where(k == 0, err(b["deg"]), err(model.decode(prev)))
             cand_better = err(model.decode(cand)) < e_prev
         else:

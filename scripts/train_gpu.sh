@@ -14,8 +14,9 @@
 # Part 3 (PART=3; an experiment, BENCHMARKS.md seventh session) gives the LQA of the shipped
 # model (or INIT3) about six times the identification samples of part 1 (300 s instead of 75,
 # 80 % identification batches instead of 50 %), then lets the connector and the end-to-end
-# stage catch up, into runs/gpu/ident; the e2e stage takes its identification loss on the input round only, which kept
-# more of it in the CPU version of this part (BENCHMARKS.md, sixth session). The codec is not touched.
+# stage catch up, into runs/gpu/ident; the e2e stage takes its identification loss on the input
+# round only, which kept more of it in the CPU version of this part (BENCHMARKS.md, sixth
+# session). The codec is not touched.
 # Run it alone on the GPU: beside part D (seventh session) the connector got 89 steps and e2e
 # 292, and the restorer stayed 0.7 dB behind at 1 round until CPU stages caught most of it up.
 # Part D (PART=dec; an experiment) fine-tunes only the decoder of the shipped model (or INIT3) for
