@@ -379,10 +379,11 @@ def step_e2e(model, b, gen, cfg):
     prev, cand = rounds[k, idx], rounds[k + 1, idx]
     with torch.no_grad():
         if cfg.verify_pixels:  # the images the loop would return: input pixels, then decoded rounds
-            def err(x):
-                return (x - b["hq"]).pow(2).mean((1, 2, 3))
-            e_prev = torch.where(k == 0, err(b["deg"]), err(model.decode(prev)))
-            cand_better = err(model.decode(cand)) < e_prev
+            hq, later = b["hq"], k > 0
+            e_prev = (b["deg"] - hq).pow(2).mean((1, 2, 3))  # round 0 is the input's pixels: nothing to decode
+            if later.any():
+                e_prev[later] = (model.decode(prev[later]) - hq[later]).pow(2).mean((1, 2, 3))
+            cand_better = (model.decode(cand) - hq).pow(2).mean((1, 2, 3)) < e_prev
         else:
             cand_better = (cand - z_hq).pow(2).mean((1, 2, 3)) < (prev - z_hq).pow(2).mean((1, 2, 3))
     swap = b["swap"].to(z.device)

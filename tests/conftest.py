@@ -9,6 +9,7 @@ models. Reuse it from any test module through the fixtures below (`tiny_config`,
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -83,6 +84,19 @@ def make_tiny_model(seed: int = 0, config: RARConfig | None = None):
     from rar_core.checkpoint import build_model
 
     return build_model(config or make_tiny_config(), seed=seed).eval()
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """`load_script("eval_lqa")` -> scripts/eval_lqa.py as a module (scripts/ is not a package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
 
 
 @pytest.fixture

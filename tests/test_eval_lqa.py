@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from rar_core import degrade as D
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "eval_lqa.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("eval_lqa", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_evaluate_asks_every_pair(tiny_model):
-    E = load_script()
+def test_evaluate_asks_every_pair(tiny_model, load_script):
+    E = load_script("eval_lqa")
     rng = np.random.default_rng(0)
     cleans = [rng.random((64, 64, 3), dtype=np.float32) for _ in range(2)]
     res = E.evaluate(tiny_model.eval(), cleans, seeds=2)
@@ -35,8 +23,8 @@ def test_evaluate_asks_every_pair(tiny_model):
         assert 0.0 <= s[key] <= 1.0
 
 
-def test_summary_arithmetic():
-    E = load_script()
+def test_summary_arithmetic(load_script):
+    E = load_script("eval_lqa")
     rows = [
         {"expected": "Noise", "answer": "Noise", "clean_as_a": True, "clean_as_b_rejected": True},
         {"expected": "Noise", "answer": "Haze", "clean_as_a": False, "clean_as_b_rejected": True},

@@ -200,16 +200,28 @@ def test_e2e_compare_weight_scales_the_verification_loss(data_dir, tiny_factory)
     assert losses[1] - losses[0] == pytest.approx(info["cmp"], rel=1e-4, abs=1e-6)
 
 
+def _e2e_step_inputs(data_dir, tiny_factory):
+    """(model, cfg, batch) for one small e2e step."""
+    from dataclasses import replace
+
+    cfg = replace(T.DEFAULTS["e2e"], batch=2, crop=16, crops=())
+    return tiny_factory(seed=0), cfg, T.StageBatches("e2e", T.PhotoPool(data_dir), cfg, seed=0)[0]
+
+
+def _train_args(**flags):
+    """`rar train` arguments with nothing set but `flags`."""
+    import argparse
+
+    return argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=None, compare=None, identify=None, **flags)
+
+
 def test_e2e_identify_input_only(data_dir, tiny_factory):
     """With `identify_input_only` the identification LM loss is the input round's (its true label)
     alone; by default it is the mean over the 4 rounds, as in the shipped recipe."""
-    import argparse
     from dataclasses import replace
 
-    model = tiny_factory(seed=0)
-    cfg = replace(T.DEFAULTS["e2e"], batch=2, crop=16, crops=())
+    model, cfg, b = _e2e_step_inputs(data_dir, tiny_factory)
     assert cfg.identify_input_only is False
-    b = T.StageBatches("e2e", T.PhotoPool(data_dir), cfg, seed=0)[0]
     infos = {}
     for only in (False, True):
         torch.manual_seed(0)
@@ -220,22 +232,17 @@ def test_e2e_identify_input_only(data_dir, tiny_factory):
     assert infos[True]["id"] == pytest.approx(expected, rel=1e-5)
     assert abs(infos[False]["id"] - expected) > 1e-4  # the later rounds' latents give other losses
     assert infos[True]["flow"] == pytest.approx(infos[False]["flow"], rel=1e-5)  # the restoration is the same
-    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=None, compare=None, identify=None,
-                              identify_input_only=True)
-    assert T.stage_config("e2e", args).identify_input_only is True
+    assert T.stage_config("e2e", _train_args(identify_input_only=True)).identify_input_only is True
 
 
 def test_e2e_verify_pixels_labels_by_decoded_pixels(data_dir, tiny_factory):
     """With `verify_pixels` the better of two rounds is the one whose image (input pixels at
     round 0, decoded rounds after) is closer to the clean photo; by default the decoder plays no
     part and latent distance decides."""
-    import argparse
     from dataclasses import replace
 
-    model = tiny_factory(seed=0)
-    cfg = replace(T.DEFAULTS["e2e"], batch=2, crop=16, crops=())
+    model, cfg, b = _e2e_step_inputs(data_dir, tiny_factory)
     assert cfg.verify_pixels is False
-    b = T.StageBatches("e2e", T.PhotoPool(data_dir), cfg, seed=0)[0]
     b["pair"] = torch.zeros_like(b["pair"])  # round 1 against the input pixels
     perfect, wrong = (lambda z: b["hq"].clone()), (lambda z: 1 - b["hq"])  # decoded rounds: exact or far off
     infos = {}
@@ -249,9 +256,7 @@ def test_e2e_verify_pixels_labels_by_decoded_pixels(data_dir, tiny_factory):
     # pixels: a perfect round beats the degraded input, a wrong one loses to it; every label flips
     assert abs(infos[True, "perfect"]["cmp"] - infos[True, "wrong"]["cmp"]) > 1e-4
     assert infos[True, "perfect"]["flow"] == pytest.approx(infos[False, "perfect"]["flow"], rel=1e-5)
-    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, texture=None, compare=None, identify=None,
-                              verify_pixels=True)
-    assert T.stage_config("e2e", args).verify_pixels is True
+    assert T.stage_config("e2e", _train_args(verify_pixels=True)).verify_pixels is True
 
 
 def test_pool_crops_keep_the_pixels_at_scale_one(data_dir):
