@@ -95,6 +95,9 @@ class StageConfig:
     # Verify stage: leave the LM's output head as it is, so the identification answers move only
     # as far as the hidden states `keep` holds.
     freeze_head: bool = False
+    # Parts of the model the stage leaves as they are ("lqa", "connector", "uir"), e.g. an e2e
+    # stage that adapts A_Q alone to a restorer and an LQA it must not disturb.
+    freeze: tuple[str, ...] = ()
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -199,19 +202,29 @@ def load_state(path: Path, model: RAR, opt: torch.optim.Optimizer) -> int:
 
 
 # ----- stages -------------------------------------------------------------------------------
-def trainable(model: RAR, stage: str, freeze_head: bool = False) -> list[torch.nn.Parameter]:
+PARTS = {"lqa": "lqa", "connector": "connector", "uir": "uir"}  # --freeze name -> RAR attribute
+def trainable(model: RAR, stage: str, freeze_head: bool = False, distil: bool = False,
+              freeze: tuple[str, ...] = ()) -> list[torch.nn.Parameter]:
+    """The parameters a stage trains, less the `freeze` parts; a distilling connector stage
+    (`--reference`) trains A_Q alone."""
+    unknown = set(freeze) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"--freeze names unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     for p in model.parameters():
         p.requires_grad_(False)
     parts = {
         "codec": [model.codec],
         "lqa": [model.lqa],
         "uir": [model.uir],
-        "connector": [model.connector, model.uir],
+        "connector": [model.connector] if distil else [model.connector, model.uir],
         "e2e": [model.connector, model.uir, model.lqa],
         "decoder": [model.codec.vae.decoder, model.codec.vae.post_quant_conv],
         "verify": [model.lqa],
     }[stage]
-    parts = [m for m in parts if m is not None]
+    held = [getattr(model, PARTS[name]) for name in freeze]
+    parts = [m for m in parts if m is not None and not any(m is h for h in held)]
+    if not parts:
+        raise SystemExit(f"--freeze {','.join(freeze)} leaves stage '{stage}' nothing to train")
     frozen = {id(p) for p in model.lqa.lm.lm_head.parameters()} if freeze_head and stage == "verify" else set()
     params = [p for m in parts for p in m.parameters() if id(p) not in frozen]
     for p in params:
@@ -319,6 +332,28 @@ def step_lqa(model, b, gen, cfg):
     return loss, {"kind": 1.0}
 
 
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return (x - ref).pow(2).mean() / ref.pow(2).mean()
+
+
+def distil_condition(model: RAR, reference: RAR, z_hq: torch.Tensor, z_deg: torch.Tensor, answers: list[str]):
+    """A_Q alone learns to give the frozen restorer the conditioning the reference's LQA and A_Q
+    gave it, from this model's LQA: the relative squared error of A_Q's context and pooled vector
+    on degraded latents and on clean ones (which stand in for the restored rounds the loop also
+    assesses). Matching the restorer's flow velocity as well did worse (BENCHMARKS.md, eighth
+    session): relative to the small velocities of mildly degraded crops it is mostly noise."""
+    z = torch.cat((z_deg, z_hq))
+    answers = answers + [CLEAN] * len(z_hq)
+    seg = prompts.identify_segments(prompts.IDENTIFY[-1])  # the loop's question
+    with torch.no_grad():
+        hidden, _ = model.lqa.teacher_forced(model.lqa.prompt_embeds(seg, [z]), answers)
+        ref_hidden, _ = reference.lqa.teacher_forced(reference.lqa.prompt_embeds(seg, [z]), answers)
+        ref_context, ref_pooled = reference.connector.condition(ref_hidden)
+    context, pooled = model.connector.condition(hidden)
+    shift = relative_error(context, ref_context) + relative_error(pooled, ref_pooled)
+    return shift, {"shift": float(shift.detach())}
+
+
 def null_condition(model: RAR, batch: int, device=None):
     c = model.config.connector
     return (torch.zeros(batch, 2 * c.num_query_tokens, c.context_dim, device=device),
@@ -343,8 +378,10 @@ def step_uir(model, b, gen, cfg):
     return loss.mean(), {}
 
 
-def step_connector(model, b, gen, cfg):
+def step_connector(model, b, gen, cfg, reference: RAR | None = None):
     z_hq, z_deg = encode(model, b["hq"]), encode(model, b["deg"])
+    if reference is not None:
+        return distil_condition(model, reference, z_hq, z_deg, b["answers"])
     with torch.no_grad():
         prefix = model.lqa.prompt_embeds(prompts.identify_segments(prompts.IDENTIFY[-1]), [z_deg])
         hidden, _ = model.lqa.teacher_forced(prefix, b["answers"])
@@ -543,11 +580,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int = 0, preset: str = "compact",
                 init: Path | None = None, quiet: bool = False, device: str = "auto", workers: int | None = None,
-                budget_s: float | None = None) -> Path:
+                budget_s: float | None = None, reference: Path | None = None) -> Path:
     """Train one stage from the previous stage's model (or `init`), resuming any saved state.
 
     `budget_s` fits the run to a time budget: the rate measured early on (CALIB) caps the step
     count (the log and the model's metadata record the count used, so `--steps N` repeats it).
+    `reference` (connector stage): distil instead. A_Q alone learns to turn this model's LQA
+    states into the conditioning the reference model gave the same restorer, so an LQA retrained
+    for identification and verification needs no restorer catch-up (`distil_condition`).
     """
     from tqdm import tqdm
 
@@ -568,7 +608,12 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
     step_fn = STEP[stage]
     if stage == "verify":  # the stage's starting LQA (a resumed run too), frozen
         step_fn = partial(step_verify, reference=copy.deepcopy(model.lqa).requires_grad_(False))
-    params = trainable(model, stage, cfg.freeze_head)
+    if reference is not None and stage != "connector":
+        raise SystemExit("--reference applies to the connector stage (distillation) only")
+    distil = reference is not None
+    if distil:
+        step_fn = partial(step_connector, reference=load_rar(reference).to(dev).eval().requires_grad_(False))
+    params = trainable(model, stage, cfg.freeze_head, distil, cfg.freeze)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     state_file = out / f"state-{stage}.safetensors"
     start = load_state(state_file, model, opt) if state_file.is_file() else 0
@@ -642,6 +687,10 @@ def add_train_subparser(sub) -> None:
     t.add_argument("--tie-db", type=float, help="verify stage: skip successive rounds closer than this (dB, default 0.25)")
     t.add_argument("--keep", type=float, help="verify stage: weight of the term holding A_Q's input in place (default 10)")
     t.add_argument("--freeze-head", action="store_true", default=None, help="verify stage: leave the LM's output head as it is")
+    t.add_argument("--freeze", help="comma-separated parts the stage leaves as they are: lqa, connector, uir "
+                                    "(e.g. --stage e2e --freeze lqa,uir adapts A_Q alone)")
+    t.add_argument("--reference", help="connector stage: distil; A_Q alone learns to give the restorer the conditioning this "
+                                       "model (same codec and restorer, another LQA) gave it")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
@@ -655,6 +704,8 @@ def add_train_subparser(sub) -> None:
 def stage_config(stage: str, args) -> StageConfig:
     over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify", "identify_input_only", "verify_pixels",
                                       "tie_db", "keep", "freeze_head") if getattr(args, k, None) is not None}
+    if getattr(args, "freeze", None):
+        over["freeze"] = tuple(x.strip() for x in args.freeze.split(",") if x.strip())
     if args.crop:
         sides = tuple(int(c) for c in str(args.crop).split(","))
         over["crop"], over["crops"] = sides[0], (sides if len(sides) > 1 else ())
@@ -668,7 +719,8 @@ def cmd_train(args) -> int:
     path = None
     for stage in stages:
         path = train_stage(stage, Path(args.out), Path(args.data), stage_config(stage, args), args.seed, args.preset,
-                           init=Path(args.init) if args.init else None, quiet=args.quiet, device=args.device, workers=args.workers, budget_s=args.budget_s)
+                           init=Path(args.init) if args.init else None, quiet=args.quiet, device=args.device, workers=args.workers, budget_s=args.budget_s,
+                           reference=Path(args.reference) if args.reference else None)
     if args.export and path is not None:
         model = load_rar(path)
         save_rar(model, args.export, {"stage": "final"}, dtype=torch.float16)  # half the bytes to ship

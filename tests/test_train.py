@@ -375,3 +375,61 @@ def test_round_psnr_scores_round_zero_on_the_input_pixels(tiny_factory):
     expected0 = -10 * torch.log10((x_deg - x_hq).pow(2).mean((1, 2, 3)))
     expected1 = -10 * torch.log10((model.decode(zs[1]).clamp(0, 1) - x_hq).pow(2).mean((1, 2, 3)))
     assert torch.allclose(ps[:, 0], expected0, atol=1e-4) and torch.allclose(ps[:, 1], expected1, atol=1e-4)
+
+
+def test_connector_distillation_trains_a_q_alone_to_the_reference_conditioning(tmp_path, data_dir, tiny_factory):
+    """The connector stage with a reference distils: A_Q alone learns to turn this model's LQA
+    states into the conditioning the reference's LQA and A_Q give, on degraded and clean latents,
+    so the restorer (frozen) needs no catch-up after an LQA is retrained."""
+    import copy
+    from dataclasses import replace
+
+    reference = tiny_factory(seed=0).requires_grad_(False)
+    cfg = replace(T.DEFAULTS["connector"], steps=4, batch=2, crop=32, crops=(), log_every=1, save_every=2, lr=1e-2)
+    b = T.StageBatches("connector", T.PhotoPool(data_dir), cfg, seed=0)[0]
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    same, info = T.step_connector(copy.deepcopy(reference), b, gen(), cfg, reference)
+    assert float(same) == pytest.approx(0.0, abs=1e-10)
+    assert info["shift"] == pytest.approx(0.0, abs=1e-10)
+
+    model = tiny_factory(seed=0)
+    model.lqa.load_state_dict(tiny_factory(seed=1).lqa.state_dict())  # a retrained LQA
+    params = T.trainable(model, "connector", distil=True)
+    assert {id(p) for p in params} == {id(p) for p in model.connector.parameters()}
+    opt = torch.optim.Adam(params, lr=1e-4)
+    shifts = []
+    for _ in range(10):
+        loss, info = T.step_connector(model, b, gen(), cfg, reference)
+        assert float(loss) == pytest.approx(info["shift"], rel=1e-6) and info["shift"] > 0
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in model.lqa.parameters()) and all(p.grad is None for p in model.uir.parameters())
+        opt.step()
+        shifts.append(float(loss))
+    assert shifts[0] > 1e-3 and shifts[-1] < 0.5 * shifts[0]
+
+    init = save_rar(model, tmp_path / "init.safetensors")
+    ref_path = save_rar(reference, tmp_path / "ref.safetensors")
+    path = T.train_stage("connector", tmp_path / "d", data_dir, cfg, init=init, quiet=True, reference=ref_path)
+    before, after = load_rar(init).state_dict(), load_rar(path).state_dict()
+    assert {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])} == {"connector"}
+    log = [json.loads(line) for line in (tmp_path / "d" / "log-connector.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["shift"] > 0 for r in log)
+    with pytest.raises(SystemExit, match="connector stage"):
+        T.train_stage("lqa", tmp_path / "x", data_dir, cfg, init=init, quiet=True, reference=ref_path)
+
+
+def test_freeze_leaves_the_named_parts_as_they_are(tiny_factory):
+    """`--freeze lqa,uir` makes the e2e stage adapt A_Q alone; unknown names, or freezing all a
+    stage trains, are clear errors."""
+    model = tiny_factory(seed=0)
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(T.trainable(model, "e2e", freeze=("lqa", "uir"))) == ids(model.connector.parameters())
+    assert all(not p.requires_grad for p in model.lqa.parameters()) and all(not p.requires_grad for p in model.uir.parameters())
+    assert ids(T.trainable(model, "e2e")) == ids([*model.connector.parameters(), *model.uir.parameters(), *model.lqa.parameters()])
+    with pytest.raises(SystemExit, match="unknown parts"):
+        T.trainable(model, "e2e", freeze=("restorer",))
+    with pytest.raises(SystemExit, match="nothing to train"):
+        T.trainable(model, "lqa", freeze=("lqa",))
+    assert T.stage_config("e2e", _train_args(freeze="lqa, uir")).freeze == ("lqa", "uir")
+    assert T.stage_config("e2e", _train_args()).freeze == ()
