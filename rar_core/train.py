@@ -202,14 +202,16 @@ def load_state(path: Path, model: RAR, opt: torch.optim.Optimizer) -> int:
 
 
 # ----- stages -------------------------------------------------------------------------------
-PARTS = {"lqa": "lqa", "connector": "connector", "uir": "uir"}  # --freeze name -> RAR attribute
+FREEZABLE = ("lqa", "connector", "uir")  # parts `--freeze` may hold (RAR attributes)
+
+
 def trainable(model: RAR, stage: str, freeze_head: bool = False, distil: bool = False,
               freeze: tuple[str, ...] = ()) -> list[torch.nn.Parameter]:
     """The parameters a stage trains, less the `freeze` parts; a distilling connector stage
     (`--reference`) trains A_Q alone."""
-    unknown = set(freeze) - set(PARTS)
+    unknown = set(freeze) - set(FREEZABLE)
     if unknown:
-        raise SystemExit(f"--freeze names unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+        raise SystemExit(f"--freeze names unknown parts {sorted(unknown)}; choose from {', '.join(FREEZABLE)}")
     for p in model.parameters():
         p.requires_grad_(False)
     parts = {
@@ -221,7 +223,7 @@ def trainable(model: RAR, stage: str, freeze_head: bool = False, distil: bool = 
         "decoder": [model.codec.vae.decoder, model.codec.vae.post_quant_conv],
         "verify": [model.lqa],
     }[stage]
-    held = [getattr(model, PARTS[name]) for name in freeze]
+    held = [getattr(model, name) for name in freeze]
     parts = [m for m in parts if m is not None and not any(m is h for h in held)]
     if not parts:
         raise SystemExit(f"--freeze {','.join(freeze)} leaves stage '{stage}' nothing to train")
@@ -572,6 +574,19 @@ def fit_budget(total: int, cap: int, start: int, done: int, elapsed: float, budg
     return total
 
 
+def check_same_restorer(model: RAR, reference: RAR, path: Path) -> None:
+    """Distillation holds the conditioning of one restorer on one codec's latents: both must be
+    the reference's (to fp16 rounding, so a shipped fp16 file serves as the reference)."""
+    for part in ("codec", "uir"):
+        mine, theirs = getattr(model, part), getattr(reference, part)
+        same = (mine is None) == (theirs is None) and (mine is None or all(
+            a.shape == b.shape and torch.allclose(a.float(), b.float().to(a.device), rtol=2e-3, atol=1e-4)
+            for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(), strict=True)))
+        if not same:
+            raise SystemExit(f"--reference {path}: its {'restorer' if part == 'uir' else part} differs from this model's; "
+                             "distillation needs the same codec and restorer (start from that model with another LQA)")
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -612,7 +627,9 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         raise SystemExit("--reference applies to the connector stage (distillation) only")
     distil = reference is not None
     if distil:
-        step_fn = partial(step_connector, reference=load_rar(reference).to(dev).eval().requires_grad_(False))
+        ref = load_rar(reference)
+        check_same_restorer(model, ref, reference)
+        step_fn = partial(step_connector, reference=ref.to(dev).eval().requires_grad_(False))
     params = trainable(model, stage, cfg.freeze_head, distil, cfg.freeze)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     state_file = out / f"state-{stage}.safetensors"

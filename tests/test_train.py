@@ -417,6 +417,14 @@ def test_connector_distillation_trains_a_q_alone_to_the_reference_conditioning(t
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["shift"] > 0 for r in log)
     with pytest.raises(SystemExit, match="connector stage"):
         T.train_stage("lqa", tmp_path / "x", data_dir, cfg, init=init, quiet=True, reference=ref_path)
+    other = tiny_factory(seed=0)
+    other.uir.load_state_dict(tiny_factory(seed=2).uir.state_dict())  # another restorer: nothing to hold
+    with pytest.raises(SystemExit, match="restorer differs"):
+        T.train_stage("connector", tmp_path / "y", data_dir, cfg, init=init, quiet=True,
+                      reference=save_rar(other, tmp_path / "other.safetensors"))
+    with pytest.raises(SystemExit, match="codec differs"):
+        T.train_stage("connector", tmp_path / "z", data_dir, cfg, init=init, quiet=True,
+                      reference=save_rar(tiny_factory(seed=2), tmp_path / "far.safetensors"))
 
 
 def test_freeze_leaves_the_named_parts_as_they_are(tiny_factory):
