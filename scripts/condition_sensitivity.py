@@ -7,9 +7,10 @@ the answer), so the answer is only a few of several hundred states. On the bench
 - how much A_Q's output (context and pooled vector) moves when the answer tokens change: the
   LQA's own answer, the true label teacher-forced, or a wrong one;
 - 1 round restored with each of those, and with the null conditioning of the uir stage;
-- with --reference R: how far this model's conditioning is from R's on the same latents, and 1
-  round restored by this model's LQA feeding R's A_Q and restorer (an LQA retrained with
-  `rar train --stage lqa --keep-condition` must leave both near R's).
+- with --reference R: how far this model's conditioning is from R's on the same latents (through
+  this model's A_Q, and through R's), and 1 round restored by this model's LQA feeding R's A_Q
+  and restorer. After `rar train --stage connector --reference R` (distillation), the first
+  shift should be small even where the second is not.
 
     python scripts/condition_sensitivity.py [--model M] [--reference R] [--limit 72]
 """
@@ -96,8 +97,8 @@ def main():
     print(f"{len(samples)} bench samples (eval crops, seed 0)")
     print("| measure | value |\n|---|---:|")
     for k, v in rows.items():
-        unit = " dB" if "round" in k or k == "input" else ""
-        print(f"| {k} | {np.mean(v):.4f}{unit} |" if not unit else f"| {k} | {np.mean(v):.2f}{unit} |")
+        in_db = "round" in k or k == "input"
+        print(f"| {k} | {np.mean(v):.2f} dB |" if in_db else f"| {k} | {np.mean(v):.4f} |")
 
 
 if __name__ == "__main__":
