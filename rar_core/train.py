@@ -205,10 +205,8 @@ def load_state(path: Path, model: RAR, opt: torch.optim.Optimizer) -> int:
 FREEZABLE = ("lqa", "connector", "uir")  # parts `--freeze` may hold (RAR attributes)
 
 
-def trainable(model: RAR, stage: str, freeze_head: bool = False, distil: bool = False,
-              freeze: tuple[str, ...] = ()) -> list[torch.nn.Parameter]:
-    """The parameters a stage trains, less the `freeze` parts; a distilling connector stage
-    (`--reference`) trains A_Q alone."""
+def trainable(model: RAR, stage: str, freeze_head: bool = False, freeze: tuple[str, ...] = ()) -> list[torch.nn.Parameter]:
+    """The parameters a stage trains, less the `freeze` parts."""
     unknown = set(freeze) - set(FREEZABLE)
     if unknown:
         raise SystemExit(f"--freeze names unknown parts {sorted(unknown)}; choose from {', '.join(FREEZABLE)}")
@@ -218,7 +216,7 @@ def trainable(model: RAR, stage: str, freeze_head: bool = False, distil: bool = 
         "codec": [model.codec],
         "lqa": [model.lqa],
         "uir": [model.uir],
-        "connector": [model.connector] if distil else [model.connector, model.uir],
+        "connector": [model.connector, model.uir],
         "e2e": [model.connector, model.uir, model.lqa],
         "decoder": [model.codec.vae.decoder, model.codec.vae.post_quant_conv],
         "verify": [model.lqa],
@@ -625,12 +623,13 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         step_fn = partial(step_verify, reference=copy.deepcopy(model.lqa).requires_grad_(False))
     if reference is not None and stage != "connector":
         raise SystemExit("--reference applies to the connector stage (distillation) only")
-    distil = reference is not None
-    if distil:
+    freeze = cfg.freeze
+    if reference is not None:  # distillation: A_Q alone, the restorer it serves frozen
         ref = load_rar(reference)
         check_same_restorer(model, ref, reference)
         step_fn = partial(step_connector, reference=ref.to(dev).eval().requires_grad_(False))
-    params = trainable(model, stage, cfg.freeze_head, distil, cfg.freeze)
+        freeze = tuple(dict.fromkeys((*freeze, "uir")))
+    params = trainable(model, stage, cfg.freeze_head, freeze)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     state_file = out / f"state-{stage}.safetensors"
     start = load_state(state_file, model, opt) if state_file.is_file() else 0

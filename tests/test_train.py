@@ -394,7 +394,7 @@ def test_connector_distillation_trains_a_q_alone_to_the_reference_conditioning(t
 
     model = tiny_factory(seed=0)
     model.lqa.load_state_dict(tiny_factory(seed=1).lqa.state_dict())  # a retrained LQA
-    params = T.trainable(model, "connector", distil=True)
+    params = T.trainable(model, "connector", freeze=("uir",))  # what train_stage freezes with a reference
     assert {id(p) for p in params} == {id(p) for p in model.connector.parameters()}
     opt = torch.optim.Adam(params, lr=1e-4)
     shifts = []
