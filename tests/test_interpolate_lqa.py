@@ -38,7 +38,7 @@ def test_ends_of_the_line_and_bad_input(il, tiny_factory, tiny_config):
         il.interpolate_lqa(base, wider, 0.5)
 
 
-def test_cli_writes_a_loadable_model(il, tiny_factory, tiny_model_path, tmp_path, monkeypatch):
+def test_cli_writes_a_loadable_model(il, tiny_model_path, tmp_path, monkeypatch):
     from rar_core.checkpoint import save_rar
     tuned = load_rar(tiny_model_path)
     with torch.no_grad():
