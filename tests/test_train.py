@@ -110,8 +110,8 @@ def test_cli_crop_list_sets_mixed_sides():
     args = argparse.Namespace(steps=None, batch=None, lr=None, crop="96,64,256")
     cfg = T.stage_config("e2e", args)
     assert cfg.crop == 96 and cfg.crops == (96, 64, 256)
-    args.crop = "128"
-    assert T.stage_config("uir", args).crops == () and T.stage_config("uir", args).crop == 128
+    args.crop = "160"
+    assert T.stage_config("uir", args).crops == () and T.stage_config("uir", args).crop == 160
 
 
 @pytest.mark.parametrize("stage", ["codec", "decoder"])
