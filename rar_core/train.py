@@ -109,10 +109,9 @@ class StageConfig:
 
 # `rar train --stage all` on 2 CPU cores: about two and a quarter hours (codec 34 min, uir 30, lqa
 # 16-20, connector 6, e2e 40-42, decoder 5; BENCHMARKS.md). The codec got 3.5x the steps of the
-# one-hour recipe it replaced because every later stage learns its latent space. The restorer's
-# pretraining sees 128 px crops in batches of 16: on 96 px crops in batches of 12 twice the steps
-# lowered its training loss but not its eval PSNR, while these larger crops and batches, in fewer
-# steps, lifted the eval set by 0.4-0.5 dB (twelfth session).
+# one-hour recipe it replaced because every later stage learns its latent space. The restorer
+# pretrains on 128 px crops in batches of 16 because larger crops lifted eval PSNR where more
+# steps on 96 px crops had not.
 DEFAULTS = {
     "codec": StageConfig(steps=7000, batch=12, crop=64, lr=1e-3),
     "lqa": StageConfig(steps=4000, batch=16, crop=64, lr=5e-4, crops=(64, 128, 256)),
