@@ -98,6 +98,10 @@ class StageConfig:
     # Parts of the model the stage leaves as they are ("lqa", "connector", "uir"), e.g. an e2e
     # stage that adapts A_Q alone to a restorer and an LQA it must not disturb.
     freeze: tuple[str, ...] = ()
+    # Forward arithmetic: "bf16" runs the step under torch.autocast (weights, optimizer and
+    # gradients stay fp32). On a CPU with AMX or AVX512-BF16 a matmul runs about four times faster
+    # than in fp32; on one without, bf16 is emulated and slower, so fp32 is the default.
+    precision: str = "fp32"
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -305,6 +309,7 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, texture: float) -> t
     thanks to its perceptual and adversarial losses. Matching the local energy of the high
     frequencies is their cheap stand-in: it pays the latent to carry how much texture a region
     has, not where each grain sits."""
+    rec = rec.float()  # the losses in fp32 under bf16 autocast
     loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
     return loss + texture * F.l1_loss(local_energy(rec), local_energy(x)) if texture else loss
 
@@ -313,7 +318,7 @@ def step_codec(model, b, gen, cfg):
     x = b["x"]
     dist = model.codec.vae.encode(x * 2 - 1).latent_dist
     rec = (model.codec.vae.decode(dist.sample(gen)).sample + 1) / 2
-    kl = dist.kl().mean() / x[0].numel()
+    kl = dist.kl().float().mean() / x[0].numel()
     loss = reconstruction_loss(rec, x, cfg.texture) + 1e-4 * kl
     return loss, {"psnr": psnr(rec, x)}
 
@@ -324,7 +329,7 @@ def psnr(rec: torch.Tensor, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def encode(model: RAR, x: torch.Tensor) -> torch.Tensor:
-    return model.codec.encode(x)
+    return model.codec.encode(x).float()  # fp32 latents under bf16 autocast: flow targets are their differences
 
 
 def step_lqa(model, b, gen, cfg):
@@ -591,6 +596,25 @@ def check_same_restorer(model: RAR, reference: RAR, path: Path) -> None:
                              "distillation needs the same codec and restorer (start from that model with another LQA)")
 
 
+def train_step(model: RAR, step_fn, batch: dict, gen, cfg: StageConfig, opt: torch.optim.Optimizer, params) -> tuple:
+    """One update: the stage's forward (autocast to bf16 when `cfg.precision` says so; the backward
+    follows the forward's dtypes), then a clipped AdamW step on the fp32 weights."""
+    device = next(iter(params)).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        loss, info = step_fn(model, batch, gen, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss, info
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware; torch.cpu's probe is private, so a missing one reads as no."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -616,6 +640,11 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if cfg.precision not in ("fp32", "bf16"):
+        raise SystemExit(f"precision '{cfg.precision}' is not one of fp32, bf16")
+    if cfg.precision == "bf16" and dev.type == "cpu" and not native_bf16():
+        print(f"note: this CPU has no native bf16 (AVX512-BF16 or AMX), so the bf16 stage '{stage}' runs emulated and "
+              "slower; `--precision fp32` is faster here (its results differ slightly)")
     prev = init or (stage_path(out, PREVIOUS[stage]) if PREVIOUS[stage] else None)
     if prev is not None:
         if not prev.is_file():
@@ -659,11 +688,7 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * sched(step)
-        loss, info = step_fn(model, to_device(batch, dev), gen, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss, info = train_step(model, step_fn, to_device(batch, dev), gen, cfg, opt, params)
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.4f}", **{k: f"{v:.3f}" for k, v in info.items()})
@@ -713,6 +738,8 @@ def add_train_subparser(sub) -> None:
                                     "(e.g. --stage e2e --freeze lqa,uir adapts A_Q alone)")
     t.add_argument("--reference", help="connector stage: distil; A_Q alone learns to give the restorer the conditioning this "
                                        "model (same codec and restorer, another LQA) gave it")
+    t.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="forward arithmetic: bf16 autocasts the step, fp32 weights and optimizer (default fp32)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     t.add_argument("--workers", type=int, help="data loader processes (default: 0 on cpu, up to 8 on cuda)")
@@ -725,7 +752,7 @@ def add_train_subparser(sub) -> None:
 
 def stage_config(stage: str, args) -> StageConfig:
     over = {k: getattr(args, k) for k in ("steps", "batch", "lr", "texture", "compare", "identify", "identify_input_only", "verify_pixels",
-                                      "tie_db", "keep", "freeze_head") if getattr(args, k, None) is not None}
+                                      "tie_db", "keep", "freeze_head", "precision") if getattr(args, k, None) is not None}
     if getattr(args, "freeze", None):
         over["freeze"] = tuple(x.strip() for x in args.freeze.split(",") if x.strip())
     if args.crop:

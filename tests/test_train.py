@@ -441,3 +441,57 @@ def test_freeze_leaves_the_named_parts_as_they_are(tiny_factory):
         T.trainable(model, "lqa", freeze=("lqa",))
     assert T.stage_config("e2e", _train_args(freeze="lqa, uir")).freeze == ("lqa", "uir")
     assert T.stage_config("e2e", _train_args()).freeze == ()
+
+
+def test_bf16_precision_trains_every_stage_with_fp32_weights(tmp_path, data_dir, tiny_config):
+    """bf16 autocasts the forward only: every stage runs, weights stay fp32, the file says bf16,
+    and the arithmetic really changed (same batches, different weights than fp32, but close)."""
+    from dataclasses import replace
+
+    from rar_core.checkpoint import read_metadata
+
+    init = save_rar(build_model(tiny_config, seed=0), tmp_path / "init.safetensors")
+    cfg = T.StageConfig(steps=2, batch=2, crop=32, lr=1e-3, log_every=1, save_every=10, precision="bf16")
+    out = tmp_path / "bf16"
+    T.train_stage("codec", out, data_dir, cfg, init=init, quiet=True)
+    for stage in T.STAGES[1:]:
+        path = T.train_stage(stage, out, data_dir, cfg, quiet=True)
+        log = [json.loads(line) for line in (out / f"log-{stage}.jsonl").read_text().splitlines()]
+        assert all(np.isfinite(r["loss"]) for r in log), stage
+        assert json.loads(read_metadata(path)["train"])["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in load_rar(path).state_dict().values() if v.is_floating_point())
+
+    fp32 = replace(cfg, precision="fp32")
+    p32 = T.train_stage("uir", tmp_path / "fp32", data_dir, fp32, init=init, quiet=True)
+    p16 = T.train_stage("uir", tmp_path / "bf16-uir", data_dir, cfg, init=init, quiet=True)
+    a, b = load_rar(p32).uir.state_dict(), load_rar(p16).uir.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=5e-3) for k in a)
+
+
+def test_unknown_precision_is_a_clear_error(tmp_path, data_dir):
+    with pytest.raises(SystemExit, match="precision 'fp8'"):
+        T.train_stage("codec", tmp_path, data_dir, T.StageConfig(1, 1, 32, 1e-3, precision="fp8"), quiet=True)
+
+
+def test_cli_precision_reaches_the_stage_config():
+    import argparse
+
+    args = argparse.Namespace(steps=None, batch=None, lr=None, crop=None, precision="fp32")
+    assert T.stage_config("lqa", args).precision == "fp32"
+    args.precision = None
+    assert T.stage_config("lqa", args).precision == T.DEFAULTS["lqa"].precision
+
+
+def test_time_train_steps_times_both_precisions_on_the_same_batches(tmp_path, data_dir, tiny_config, load_script, monkeypatch, capsys):
+    S = load_script("time_train_steps")
+    monkeypatch.setitem(T.DEFAULTS, "uir", T.StageConfig(steps=3, batch=2, crop=32, lr=1e-3))
+    init = save_rar(build_model(tiny_config, seed=0), tmp_path / "init.safetensors")
+    batches, data_s = S.make_batches(T.PhotoPool(data_dir), "uir", steps=2)
+    assert len(batches) == 3 and data_s > 0
+    (t32, l32), (t16, l16) = (S.time_stage(init, batches, "uir", p) for p in ("fp32", "bf16"))
+    assert t32 > 0 and t16 > 0 and len(l32) == len(l16) == 3
+    assert l32[0] != l16[0] and abs(l32[0] - l16[0]) < 0.05 * abs(l32[0])  # same batch, other arithmetic
+    assert S.main(["--model", str(init), "--data", str(data_dir), "--stages", "uir", "--steps", "1"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| uir |")]
+    assert len(row) == 1 and row[0].count("|") == 8
