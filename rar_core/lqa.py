@@ -27,6 +27,7 @@ from transformers.models.llama.modeling_llama import LlamaModel
 
 from . import prompts
 from .config import AdapterConfig, LMConfig
+from .layers import PatchConv
 
 
 # transformers renamed the KV-cache argument and output field ("past_key_values" -> "cache").
@@ -93,12 +94,12 @@ class ImageAdapter(nn.Module):
     def __init__(self, config: AdapterConfig, latent_channels: int):
         super().__init__()
         self.config = config
-        self.conv1 = nn.Conv2d(latent_channels, config.width, config.patch, stride=config.patch, bias=False)
+        self.conv1 = PatchConv(latent_channels, config.width, config.patch, stride=config.patch, bias=False)
         self.ln_pre = nn.LayerNorm(config.width)
         self.local_attn = _Blocks(config.width, config.layers, config.heads)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(z.to(self.conv1.weight.dtype))
+        x = self.conv1(z)
         h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         x = x + sine_position_embedding(h, w, x.shape[-1], x.device).to(x.dtype)

@@ -19,6 +19,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from torch import nn
 
 from .config import ConnectorConfig, UIRConfig
+from .layers import PatchConv
 
 
 class Restorer(nn.Module):
@@ -42,6 +43,10 @@ class Restorer(nn.Module):
             dual_attention_layers=tuple(config.dual_attention_layers),
             qk_norm=config.qk_norm,
         )
+        # The same weights and keys; only autocast's handling changes (PatchConv says why).
+        # The class is swapped, not the module rebuilt, so building the model draws the same
+        # random numbers as before and a seeded run still gives the same weights.
+        self.transformer.pos_embed.proj.__class__ = PatchConv
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         dtype = self.transformer.dtype
