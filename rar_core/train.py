@@ -99,8 +99,10 @@ class StageConfig:
     # stage that adapts A_Q alone to a restorer and an LQA it must not disturb.
     freeze: tuple[str, ...] = ()
     # Forward arithmetic: "bf16" runs the step under torch.autocast (weights, optimizer and
-    # gradients stay fp32). On a CPU with AMX or AVX512-BF16 a matmul runs about four times faster
-    # than in fp32; on one without, bf16 is emulated and slower, so fp32 is the default.
+    # gradients stay fp32). On a CPU with AMX or AVX512-BF16 a large matmul runs about four times
+    # as fast as in fp32, a whole restorer stage 1.2 times (the data does not speed up); on a CPU
+    # without, bf16 is emulated and slower. fp32 is the default until a bf16 stage is shown to
+    # restore as well (BENCHMARKS.md, fifteenth session).
     precision: str = "fp32"
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
