@@ -113,8 +113,8 @@ class StageConfig:
         return side, max(1, round(self.batch * self.crop / side))
 
 
-# `rar train --stage all` on 2 CPU cores: about four and a half hours (codec 34 min, uir 80-94,
-# lqa 93, connector 6-9, e2e 40-50, decoder 5; BENCHMARKS.md). The codec got 3.5x the steps of the
+# `rar train --stage all` on 2 CPU cores: 4 h 32 min, measured end to end (codec 34 min, uir 97,
+# lqa 93, connector 6, e2e 38, decoder 4; BENCHMARKS.md). The codec got 3.5x the steps of the
 # one-hour recipe it replaced because every later stage learns its latent space. The restorer and
 # the LQA train at the shipped model's GPU sizes (batches of 96 and 128) because what they are
 # shown, not how many steps they take, is what moved the eval set. On a CPU a restorer crop costs
