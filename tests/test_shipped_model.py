@@ -31,7 +31,13 @@ def shipped() -> Path:
     return checkpoint.default_model_path()
 
 
-def test_shipped_file_budget_and_metadata(shipped, calibrate_verify):
+@pytest.fixture(scope="module")
+def model(shipped):
+    """Loaded once for the module (the CLI commands under test load their own)."""
+    return checkpoint.load_rar(shipped)
+
+
+def test_shipped_file_budget_and_metadata(shipped, model, calibrate_verify):
     assert shipped.stat().st_size <= 50 * 2**20
     with safe_open(str(shipped), "pt") as f:
         meta = f.metadata()
@@ -43,11 +49,10 @@ def test_shipped_file_budget_and_metadata(shipped, calibrate_verify):
     # written by scripts/calibrate_verify.py --write: one of its margins and a trained view size
     assert config["verify_margin"] in calibrate_verify.MARGINS
     assert config["lqa_view"] in (64, 128, 256)
-    model = checkpoint.load_rar(shipped)
     assert model.codec is not None and model.config.labels[0] == "Clean"
 
 
-def test_main_job_restores_the_sample(shipped, tmp_path, capsys):
+def test_main_job_restores_the_sample(model, tmp_path, capsys):
     out = tmp_path / "restored.png"
     trace_file = tmp_path / "trace.json"
     assert main(["restore", str(SAMPLE), "-o", str(out), "--trace", str(trace_file)]) == 0
@@ -58,7 +63,7 @@ def test_main_job_restores_the_sample(shipped, tmp_path, capsys):
         y = np.asarray(im, dtype=np.int16)
     assert y.shape == x.shape
     item = json.loads(trace_file.read_text())[str(SAMPLE)]
-    labels = checkpoint.load_rar(shipped).config.labels
+    labels = model.config.labels
     assert 1 <= len(item["trace"]) <= 4  # default --max-rounds 4
     assert item["rounds"] == sum(e["accepted"] for e in item["trace"])
     assert all(e["answer"] in labels for e in item["trace"])
@@ -70,8 +75,8 @@ def test_main_job_restores_the_sample(shipped, tmp_path, capsys):
     assert f"{SAMPLE.name}: {item['rounds']} round(s)" in printed and str(out) in printed
 
 
-def test_assess_names_the_sample(shipped, capsys):
+def test_assess_names_the_sample(model, capsys):
     assert main(["assess", str(SAMPLE)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{SAMPLE}: ")
-    assert line.split(": ", 1)[1] in checkpoint.load_rar(shipped).config.labels
+    assert line.split(": ", 1)[1] in model.config.labels
