@@ -1,6 +1,7 @@
 #!/bin/bash
-# The GPU part of the shipped compact RAR's recipe, in time budgets (seconds; SCALE multiplies
-# them). BENCHMARKS.md lists the CPU stages that followed it.
+# The GPU part of the recipe of the compact RAR shipped until the seventeenth session, in time
+# budgets (seconds; SCALE multiplies them). BENCHMARKS.md lists the CPU stages that followed it.
+# The shipped model is now `rar train --stage all` on CPU alone.
 #
 #   bash scripts/train_gpu.sh            # writes runs/gpu/main/stage-decoder.safetensors
 #
