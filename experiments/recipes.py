@@ -1,0 +1,52 @@
+"""Training recipes that were tried and are kept as data, outside the installed package.
+
+Each is a `rar_core.train.Recipe` like the shipped `compact`; BENCHMARKS.md's table of
+experiments has what they gave. This file runs `rar train` with them added to `--recipe`:
+
+    python experiments/recipes.py --recipe gpu --stage all --device cuda --out runs/gpu
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rar_core.train import RECIPES, Recipe, StageConfig  # noqa: E402
+
+COMPACT = RECIPES["compact"]
+
+EXPERIMENTS = {
+    # The GPU stages of the model shipped before `compact` (commit 2cb633f): one H100, each stage
+    # in a time budget (8.3 min in all, 14 loader processes); these are the step counts that ran.
+    # A GPU runs these 1-8 M-parameter networks at the cost of their kernel launches, so large
+    # batches come almost free. That model then had 1500 more e2e steps on CPU (6 x 96 px).
+    "gpu": Recipe(
+        name="gpu",
+        preset="compact",
+        codec=StageConfig(steps=3301, batch=64, crop=128, lr=1e-3),
+        uir=StageConfig(steps=1099, batch=96, crop=128, lr=4e-4),
+        lqa=StageConfig(steps=1929, batch=128, crop=64, lr=5e-4, crops=(64, 128, 192, 256)),
+        connector=StageConfig(steps=200, batch=96, crop=128, lr=2e-4),
+        e2e=StageConfig(steps=247, batch=48, crop=96, lr=1e-4, crops=(96, 64, 128, 192, 256)),
+        decoder=StageConfig(steps=773, batch=64, crop=128, lr=5e-4),
+    ),
+    # `compact` with 80 % identification batches in the LQA stage (commit e09f261). As a fine-tune
+    # of an earlier model it lifted identification from 27.5 % to 36.7 % (324 answers) and taught
+    # the LQA to call clean photos clean; the e2e stage after it gave part of that back, and the
+    # restorer, which reads the LQA's hidden states, needed the connector and e2e stages to catch
+    # up. Never run end to end from scratch.
+    "compact-identify": replace(COMPACT, name="compact-identify", lqa=replace(COMPACT.lqa, identify=0.8)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    RECIPES.update(EXPERIMENTS)
+    from rar_core.cli import main as rar
+
+    return rar(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
