@@ -12,8 +12,8 @@ class PatchConv(nn.Conv2d):
     oneDNN's bf16 convolution on CPUs with AMX or AVX512-BF16 returns wrong values for the 4x4,
     stride-4 patches of 16 latent channels (relative error 1.2 with torch 2.13; pytorch#169688 is
     the same kind of bug, at stride 3). A stage trained under bf16 autocast learns around the
-    error, and the model then fails in fp32 (BENCHMARKS.md, fifteenth session). One conv per
-    forward, so fp32 costs nothing; without autocast this is a plain Conv2d.
+    error, and the model then fails in fp32 (BENCHMARKS.md, experiment "bf16 autocast", commit
+    e56be19). One conv per forward, so fp32 costs nothing; without autocast this is a plain Conv2d.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
