@@ -111,14 +111,26 @@ RECIPES = {
 
 
 # ----- data ---------------------------------------------------------------------------------
+def train_files(data: Path) -> list[Path]:
+    """The photos of the train split of `data`/manifest.json, or a clear error."""
+    path = data / "manifest.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found; run `python scripts/fetch_data.py --out {data}` "
+                         "or list your own photos in it (docs/training.md)")
+    files = [data / i["file"] for i in json.loads(path.read_text())["images"] if i["split"] == "train"]
+    if not files:
+        raise SystemExit(f"no training images in {data}; run `python scripts/fetch_data.py --out {data}` first")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise SystemExit(f"{len(missing)} training photo(s) listed in {path} are missing, e.g. {missing[0]}")
+    return files
+
+
 class PhotoPool:
     """Clean training photos in memory (train split of the fetched manifest only)."""
 
     def __init__(self, data: Path, max_side: int = 512):
-        manifest = json.loads((data / "manifest.json").read_text())
-        files = [data / i["file"] for i in manifest["images"] if i["split"] == "train"]
-        if not files:
-            raise SystemExit(f"no training images in {data}; run `python scripts/fetch_data.py --out {data}` first")
+        files = train_files(data)
         self.images, self._pil = [], []
         for f in files:
             with Image.open(f) as im:
@@ -577,6 +589,9 @@ def stage_config(recipe: Recipe, stage: str, steps: int | None = None) -> StageC
 
 
 def cmd_train(args) -> int:
+    if args.steps is not None and args.steps < 1 or args.budget_s is not None and args.budget_s <= 0:
+        raise SystemExit("--steps and --budget-s must be positive")
+    train_files(Path(args.data))  # before any work: a missing photo folder is the likeliest mistake
     recipe = RECIPES[args.recipe]
     stages = STAGES if args.stage == "all" else (args.stage,)
     path = None

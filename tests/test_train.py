@@ -117,9 +117,21 @@ def test_missing_previous_stage_is_a_clear_error(tmp_path, data_dir):
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
+    """No manifest, an empty one, or missing photos: one line saying what to do, before any
+    stage starts (the run's --out folder is never created)."""
+    out = tmp_path / "runs"
+    args = ["--stage", "all", "--data", str(tmp_path), "--out", str(out), "-q"]
+    with pytest.raises(SystemExit, match="manifest.json not found; run `python scripts/fetch_data.py"):
+        _rar_train(args)
     (tmp_path / "manifest.json").write_text(json.dumps({"images": []}))
-    with pytest.raises(SystemExit, match="fetch_data.py"):
+    with pytest.raises(SystemExit, match="no training images"):
+        _rar_train(args)
+    (tmp_path / "manifest.json").write_text(json.dumps({"images": [{"file": "train/a.png", "split": "train"}]}))
+    with pytest.raises(SystemExit, match="1 training photo.* missing, e.g. .*a.png"):
         T.PhotoPool(tmp_path)
+    with pytest.raises(SystemExit, match="must be positive"):
+        _rar_train([*args, "--steps", "0"])
+    assert not out.exists()
 
 
 def test_mixed_crops_draw_sides_and_scale_the_batch():
