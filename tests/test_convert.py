@@ -572,6 +572,41 @@ def test_shape_change_between_files_is_an_error(tmp_path):
     assert "input_proj.bias" in msg and "epoch_100_step_19001.pth" in msg
 
 
+def test_lqa_chain_skips_and_lists_what_the_official_loader_skips(tmp_path):
+    """Stage 1 gains a key the LQA does not have, stage 2 a mis-shaped vision_proj.bias: the
+    official `load_pretrained_weights` skips both (keeping stage 1's bias), so does the converter,
+    and the report names each with its reason."""
+    rel = build_release(tmp_path / "zoo", seed=15)
+    out = tmp_path / "out.safetensors"
+    _edit_pth(rel.files["lqa_s1"], lambda sd: sd.__setitem__("tgt_abstractor.extra_head.weight", torch.zeros(3)))
+    _edit_pth(rel.files["lqa_s2"], lambda sd: sd.__setitem__("vision_proj.bias", torch.zeros(7)))
+    report = C.convert_official(rel.root, out, dtype="fp32", config=rel.config())
+    assert report.ok, report.format()
+    by_role = {s.role: s for s in report.sources}
+    assert by_role["lqa_s1"].skipped == {"not a RAR LQA parameter": ["tgt_abstractor.extra_head.weight"]}
+    assert by_role["lqa_s2"].skipped == {"shape differs from the RAR LQA parameter": [
+        f"vision_proj.bias [7], expected [{rel.dims.hidden}]"]}
+    text = report.format()
+    assert "tgt_abstractor.extra_head.weight" in text and "vision_proj.bias [7]" in text
+    t = load_file(str(out))
+    # the end-to-end file has no vision_proj: s2's weight, and s1's bias since s2's was skipped
+    assert torch.equal(t["lqa.vision_proj.bias"], rel.raw["lqa_s1"]["vision_proj.bias"])
+    assert torch.equal(t["lqa.vision_proj.weight"], rel.raw["lqa_s2"]["vision_proj.weight"])
+    assert "lqa.A_I.extra_head.weight" not in t
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("assessment.tgt_abstractor.extra_head.weight", torch.zeros(3), "UNMATCHED"),
+    ("assessment.vision_proj.bias", torch.zeros(7), "WRONG SHAPE"),
+])
+def test_end_to_end_file_stays_strict(minimal, key, value, match):
+    """The same defects in the end-to-end checkpoint stop the conversion and name the key."""
+    rel, out = minimal
+    _edit_pth(rel.files["e2e"], lambda sd: sd.__setitem__(key, value))
+    msg = _fails(rel, out, match)
+    assert key.split(".", 1)[1].removeprefix("tgt_abstractor.") in msg and "epoch_5_step_60506_weight.pth" in msg
+
+
 def test_wrong_llm_shape_and_uir_shape(minimal):
     rel, out = minimal
     shard = sorted(rel.files["llm"].glob("pytorch_model-*.bin"))[-1]
