@@ -773,23 +773,61 @@ def open_llm_folder(llm_dir: Path) -> tuple[dict[str, LazyTensor], dict, list[st
 
 
 def tokenizer_json(llm_dir: Path) -> str:
-    """The Llama tokenizer as a `tokenizers` JSON string (transformers' fast tokenizer).
+    """The Llama tokenizer as a `tokenizers` JSON string (transformers' fast tokenizer), made to
+    split text as the official slow tokenizer does (`match_slow_llama`).
 
     Uses the folder's tokenizer.json when present; otherwise converts the sentencepiece
     tokenizer.model with transformers (needs the `sentencepiece`/`protobuf` packages).
     """
+    cfg_path = llm_dir / "tokenizer_config.json"
+    tok_config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     if (llm_dir / "tokenizer.json").is_file():
-        return (llm_dir / "tokenizer.json").read_text(encoding="utf-8")
+        return match_slow_llama((llm_dir / "tokenizer.json").read_text(encoding="utf-8"), tok_config)
     try:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(llm_dir), use_fast=True)
-        return tok.backend_tokenizer.to_str()
+        return match_slow_llama(tok.backend_tokenizer.to_str(), tok_config)
     except Exception as e:  # noqa: BLE001
         raise ConversionError(
             f"could not build the fast tokenizer from {llm_dir}: {e}\n"
             "Install the converters' dependencies (pip install sentencepiece protobuf) and retry."
         ) from e
+
+
+def match_slow_llama(tok_json: str, tok_config: Mapping) -> str:
+    """A Llama (sentencepiece BPE) tokenizer JSON that gives the official slow LlamaTokenizer's ids.
+
+    The official code tokenizes each prompt segment with transformers' slow LlamaTokenizer, `</s>`
+    written inside the text (Sec. 3.2). That tokenizer cuts the text at special tokens and encodes
+    each piece with sentencepiece. With `legacy` (its default when tokenizer_config.json does not
+    say) every piece gets sentencepiece's dummy prefix, so " Image" after "</s>" becomes "▁",
+    "▁Image"; without it only the start of the text gets one (if `add_prefix_space`, default on).
+    Fast tokenizers written by other transformers versions differ here (transformers 5 ignores
+    `legacy`: its Metaspace adds no "▁" to a piece that starts with a space), so the splitting is
+    set from the config: a Prepend normalizer per piece (legacy) or a Metaspace that prepends to
+    the first piece only, with special tokens matched on the raw text as the slow tokenizer does.
+    Other tokenizers are returned unchanged.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+
+    if (json.loads(tok_json).get("model", {}).get("type") != "BPE"
+            or not str(tok_config.get("tokenizer_class") or "LlamaTokenizer").startswith("Llama")):
+        return tok_json
+    legacy = tok_config.get("legacy")
+    prefix = tok_config.get("add_prefix_space")
+    tok = Tokenizer.from_str(tok_json)
+    if legacy is None or legacy:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.pre_tokenizer = None
+    else:
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="never" if prefix is False else "first", split=False)
+    out = json.loads(tok.to_str())
+    for added in out.get("added_tokens", []):
+        added["normalized"] = False
+    return json.dumps(out, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------------------------
