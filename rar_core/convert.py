@@ -21,8 +21,9 @@ No `codec.*`: the official tier uses the user's SD3.5 VAE (metadata latent_forma
 Load order is the official inference's (Sec. 4.6): SD3.5-M base -> UIR backbone -> A_Q
 pre-training -> LQA chain (DepictQA DQ495K, LQA s1, LQA s2) -> end-to-end checkpoint, each later
 file overriding the earlier ones. Every source key is accounted for: mapped, ignored by design
-(with the reason) or, for the DepictQA file only, skipped as the official loader skips it. Any
-other key, any missing key and any shape disagreement fails the conversion with a listing.
+(with the reason) or, for the LQA-chain files only, skipped as the official loader skips it (a
+name the LQA does not have, or another shape; listed with the reason). Any other key, any missing
+key and any shape disagreement fails the conversion with a listing.
 
 Memory: pickled files are opened with torch.load(weights_only=True, mmap=True), safetensors
 lazily, and the output is written tensor by tensor, so peak memory is about one tensor, not the
@@ -560,30 +561,74 @@ def check_shapes(module: str, tensors: Mapping[str, LazyTensor], expected: Mappi
 
 
 def merge_override(target: dict[str, LazyTensor], key: str, value: LazyTensor, module: str,
-                   report: ConversionReport, lenient: set[str] | None = None,
-                   skipped_by: SourceReport | None = None) -> None:
+                   report: ConversionReport) -> None:
     """Later files override earlier ones (official load order); a shape change is an error.
 
-    The official loaders skip a tensor whose shape differs from the module's and keep the earlier
-    value; between RAR's own files such a change means a broken or foreign file, so it fails here.
-    Exception: `lenient` holds keys whose current value came from a file loaded leniently (the
-    external DepictQA checkpoint); a later file of another shape replaces it and the lenient
-    value is listed as skipped in `skipped_by`.
+    The official loaders of the UIR, A_Q and end-to-end files load strictly by shape; between
+    those files such a change means a broken or foreign file, so it fails here. (The LQA chain is
+    resolved apart, see `resolve_lqa_chain`.)
     """
     old = target.get(key)
     if old is not None and tuple(old.shape) != tuple(value.shape):
-        if lenient is not None and key in lenient:
-            if skipped_by is not None:
-                skipped_by.skip("shape differs from the RAR LQA parameter", old.origin)
-            lenient.discard(key)
-        else:
-            report.shape_errors.append(
-                f"{module}: {key} is {list(value.shape)} in {value.origin} but {list(old.shape)} in {old.origin}"
-            )
-            return
-    elif lenient is not None:
-        lenient.discard(key)
+        report.shape_errors.append(
+            f"{module}: {key} is {list(value.shape)} in {value.origin} but {list(old.shape)} in {old.origin}"
+        )
+        return
     target[key] = value
+
+
+@dataclass
+class ChainTensor:
+    """One LQA-chain tensor awaiting the LQA's shapes (kind/target as `classify_lqa_key`)."""
+
+    kind: str
+    target: str
+    tensor: LazyTensor
+    report: SourceReport
+    key: str  # the source key, for the report
+
+
+def resolve_lqa_chain(items: list[ChainTensor], dests: Mapping[str, dict[str, LazyTensor]],
+                      expected: Mapping[str, Mapping[str, tuple[int, ...]]]) -> None:
+    """The official `load_pretrained_weights` on the chain DepictQA -> s1 -> s2 (Sec. 3.5).
+
+    A tensor is loaded only if the LQA has a parameter of that name and shape; any other is skipped
+    and listed with the reason. Later chain files override earlier ones; the strictly loaded
+    end-to-end values already in `dests` override them all.
+    """
+    strict = {kind: set(d) for kind, d in dests.items()}
+    for it in items:
+        want = expected[it.kind].get(it.target)
+        if want is None:
+            it.report.skip("not a RAR LQA parameter", it.key)
+        elif tuple(it.tensor.shape) != tuple(want):
+            it.report.skip("shape differs from the RAR LQA parameter",
+                           f"{it.key} {list(it.tensor.shape)}, expected {list(want)}")
+        else:
+            it.report.mapped += 1
+            if it.target not in strict[it.kind]:
+                dests[it.kind][it.target] = it.tensor
+
+
+def lora_shapes(lm_expected: Mapping[str, tuple[int, ...]], layers: int, rank: int | None) -> dict[str, tuple[int, ...]]:
+    """LoRA A [r, in] and B [out, r] of every target projection ("i.proj.A|B" keys)."""
+    if rank is None:
+        return {}
+    s = {}
+    for i in range(layers):
+        for proj in LORA_TARGETS:
+            out_f, in_f = lm_expected[f"model.layers.{i}.self_attn.{proj}.weight"]
+            s[f"{i}.{proj}.A"], s[f"{i}.{proj}.B"] = (rank, in_f), (out_f, rank)
+    return s
+
+
+def _infer(fn, strict: Mapping[str, LazyTensor], chain: Mapping[str, LazyTensor]) -> dict:
+    """Sizes from the strictly loaded tensors when they suffice (a chain file's stray key must not
+    change the model, as it cannot in the official code), else with the chain's tensors added."""
+    try:
+        return fn(strict)
+    except ConversionError:
+        return fn({**chain, **strict})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -728,23 +773,61 @@ def open_llm_folder(llm_dir: Path) -> tuple[dict[str, LazyTensor], dict, list[st
 
 
 def tokenizer_json(llm_dir: Path) -> str:
-    """The Llama tokenizer as a `tokenizers` JSON string (transformers' fast tokenizer).
+    """The Llama tokenizer as a `tokenizers` JSON string (transformers' fast tokenizer), made to
+    split text as the official slow tokenizer does (`match_slow_llama`).
 
     Uses the folder's tokenizer.json when present; otherwise converts the sentencepiece
     tokenizer.model with transformers (needs the `sentencepiece`/`protobuf` packages).
     """
+    cfg_path = llm_dir / "tokenizer_config.json"
+    tok_config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     if (llm_dir / "tokenizer.json").is_file():
-        return (llm_dir / "tokenizer.json").read_text(encoding="utf-8")
+        return match_slow_llama((llm_dir / "tokenizer.json").read_text(encoding="utf-8"), tok_config)
     try:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(llm_dir), use_fast=True)
-        return tok.backend_tokenizer.to_str()
+        return match_slow_llama(tok.backend_tokenizer.to_str(), tok_config)
     except Exception as e:  # noqa: BLE001
         raise ConversionError(
             f"could not build the fast tokenizer from {llm_dir}: {e}\n"
             "Install the converters' dependencies (pip install sentencepiece protobuf) and retry."
         ) from e
+
+
+def match_slow_llama(tok_json: str, tok_config: Mapping) -> str:
+    """A Llama (sentencepiece BPE) tokenizer JSON that gives the official slow LlamaTokenizer's ids.
+
+    The official code tokenizes each prompt segment with transformers' slow LlamaTokenizer, `</s>`
+    written inside the text (Sec. 3.2). That tokenizer cuts the text at special tokens and encodes
+    each piece with sentencepiece. With `legacy` (its default when tokenizer_config.json does not
+    say) every piece gets sentencepiece's dummy prefix, so " Image" after "</s>" becomes "▁",
+    "▁Image"; without it only the start of the text gets one (if `add_prefix_space`, default on).
+    Fast tokenizers written by other transformers versions differ here (transformers 5 ignores
+    `legacy`: its Metaspace adds no "▁" to a piece that starts with a space), so the splitting is
+    set from the config: a Prepend normalizer per piece (legacy) or a Metaspace that prepends to
+    the first piece only, with special tokens matched on the raw text as the slow tokenizer does.
+    Other tokenizers are returned unchanged.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+
+    if (json.loads(tok_json).get("model", {}).get("type") != "BPE"
+            or not str(tok_config.get("tokenizer_class") or "LlamaTokenizer").startswith("Llama")):
+        return tok_json
+    legacy = tok_config.get("legacy")
+    prefix = tok_config.get("add_prefix_space")
+    tok = Tokenizer.from_str(tok_json)
+    if legacy is None or legacy:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.pre_tokenizer = None
+    else:
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="never" if prefix is False else "first", split=False)
+    out = json.loads(tok.to_str())
+    for added in out.get("added_tokens", []):
+        added["normalized"] = False
+    return json.dumps(out, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -877,12 +960,12 @@ class ConversionPlan:
 
 
 def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICIAL_LORA_ALPHA,
-                    lenient_roles: tuple[str, ...] = ("lqa_dq495k",)) -> ConversionPlan:
+                    lenient_roles: tuple[str, ...] = tuple(r for r, _ in LQA_CHAIN)) -> ConversionPlan:
     """Read every source lazily, merge in official load order, validate, and plan the output.
 
-    `lenient_roles`: LQA-chain files loaded the way the official `load_pretrained_weights` does
-    (keys absent from the LQA module or of another shape are skipped and listed). By default only
-    the external DepictQA checkpoint, whose CLIP-side keys have no counterpart in RAR.
+    `lenient_roles`: files loaded the way the official `load_pretrained_weights` does (keys absent
+    from the LQA module or of another shape are skipped and listed): the LQA chain. Every other
+    file, the end-to-end checkpoint included, is strict.
     """
     report = ConversionReport()
     dit: dict[str, LazyTensor] = {}
@@ -940,29 +1023,24 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
             merge_override(conn, key, t, "connector", report)
             rep.mapped += 1
 
-    lenient_keys: dict[str, set[str]] = {"a_i": set(), "vision_proj": set(), "lora": set()}
-    lenient_reports: dict[str, SourceReport] = {}
+    lqa_dests = {"a_i": a_i, "vision_proj": vproj, "lora": lora}
+    chain: list[ChainTensor] = []  # lenient LQA tensors, resolved once the LQA's shapes are known
 
     def load_lqa(items, rep: SourceReport, lenient: bool, prefix: str = ""):
         for key, t in items:
             kind, target = classify_lqa_key(key)
-            dest = {"a_i": a_i, "vision_proj": vproj, "lora": lora}.get(kind)
             if kind == "ignore":
                 rep.ignore(target, prefix + key)
-                continue
-            if dest is None:
+            elif kind not in lqa_dests:
                 if lenient:
                     rep.skip("not a RAR LQA parameter", prefix + key)
                 else:
                     rep.unmatched.append(prefix + key)
-                continue
-            before = len(report.shape_errors)
-            merge_override(dest, target, t, "LQA", report, lenient_keys[kind], lenient_reports.get(kind))
-            if len(report.shape_errors) == before:
+            elif lenient:
+                chain.append(ChainTensor(kind, target, t, rep, prefix + key))
+            else:
+                merge_override(lqa_dests[kind], target, t, "LQA", report)
                 rep.mapped += 1
-                if lenient:
-                    lenient_keys[kind].add(target)
-                    lenient_reports[kind] = rep
 
     # 4) LQA chain: DepictQA DQ495K -> s1 -> s2 (flat dicts, Sec. 3.5)
     for role, path in files.lqa_chain:
@@ -1006,7 +1084,8 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
     # ---- sizes and validation
     uir_dims = infer_uir({k: v.shape for k, v in dit.items()})
     conn_dims = infer_connector(conn)
-    a_i_dims = infer_a_i(a_i)
+    chain_view = {kind: {it.target: it.tensor for it in chain if it.kind == kind} for kind in lqa_dests}
+    a_i_dims = _infer(infer_a_i, a_i, chain_view["a_i"])
     vocab, hidden = _shape(lm, "model.embed_tokens.weight", "LLM")
     lm_layers = _layer_count(lm, "model.layers.")
     inter = _shape(lm, "model.layers.0.mlp.gate_proj.weight", "LLM")[0]
@@ -1017,17 +1096,21 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
     if llm_cfg.get("num_key_value_heads", cfg.lm.num_attention_heads) != cfg.lm.num_attention_heads:
         report.shape_errors.append("LLM: grouped-query attention (num_key_value_heads) is not supported")
     check_config_consistency(cfg, uir_dims, conn_dims, a_i_dims, report)
+    lm_expected = llama_shapes(vocab, hidden, inter, lm_layers, kv_dim, tie)
+    vproj_expected = {"weight": (hidden, a_i_dims["width"]), "bias": (hidden,)}
+    a_i_expected = a_i_shapes(a_i_dims["width"], a_i_dims["in_ch"], a_i_dims["patch"], a_i_dims["layers"],
+                              a_i_dims["mlp"])
+    lora_rank = next((t.shape[0] for k, t in sorted((lora or chain_view["lora"]).items())
+                      if k.endswith(".A") and len(t.shape) == 2), None)
+    resolve_lqa_chain(chain, lqa_dests, {"a_i": a_i_expected, "vision_proj": vproj_expected,
+                                         "lora": lora_shapes(lm_expected, lm_layers, lora_rank)})
 
     check_shapes("connector", conn, connector_shapes(
         conn_dims["hidden_dim"], conn_dims["layers"], conn_dims["in_ch"], conn_dims["num_query_tokens"],
         conn_dims["dims"], conn_dims["mlp"], conn_dims["head_hidden"]), report,
         _Unmatched(report, "connector (merged)"))
-    check_shapes("A_I", a_i, a_i_shapes(a_i_dims["width"], a_i_dims["in_ch"], a_i_dims["patch"],
-                                        a_i_dims["layers"], a_i_dims["mlp"]), report,
-                 _Unmatched(report, "A_I (merged)"))
-    check_shapes("vision_proj", vproj, {"weight": (hidden, a_i_dims["width"]), "bias": (hidden,)}, report,
-                 _Unmatched(report, "vision_proj (merged)"))
-    lm_expected = llama_shapes(vocab, hidden, inter, lm_layers, kv_dim, tie)
+    check_shapes("A_I", a_i, a_i_expected, report, _Unmatched(report, "A_I (merged)"))
+    check_shapes("vision_proj", vproj, vproj_expected, report, _Unmatched(report, "vision_proj (merged)"))
     check_shapes("LLM", lm, lm_expected, report, rep_llm)
 
     # LoRA: every layer and target, A and B, shapes fitting the base weight

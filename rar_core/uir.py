@@ -54,7 +54,10 @@ class Restorer(nn.Module):
             hidden_states=x.to(dtype),
             encoder_hidden_states=context.to(dtype),
             pooled_projections=pooled.to(dtype),
-            timestep=(s * 1000).to(dtype),  # the MMDiT's timestep is on the 0..1000 scale
+            # The timestep is on the 0..1000 scale and stays fp32, as in the official MMDiT: the
+            # sinusoidal projection runs in fp32 and is cast to the model dtype after it (in bf16,
+            # 857.69 would round to 856 before it).
+            timestep=s.float() * 1000,
             return_dict=False,
         )[0]
         return v

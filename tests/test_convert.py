@@ -572,6 +572,41 @@ def test_shape_change_between_files_is_an_error(tmp_path):
     assert "input_proj.bias" in msg and "epoch_100_step_19001.pth" in msg
 
 
+def test_lqa_chain_skips_and_lists_what_the_official_loader_skips(tmp_path):
+    """Stage 1 gains a key the LQA does not have, stage 2 a mis-shaped vision_proj.bias: the
+    official `load_pretrained_weights` skips both (keeping stage 1's bias), so does the converter,
+    and the report names each with its reason."""
+    rel = build_release(tmp_path / "zoo", seed=15)
+    out = tmp_path / "out.safetensors"
+    _edit_pth(rel.files["lqa_s1"], lambda sd: sd.__setitem__("tgt_abstractor.extra_head.weight", torch.zeros(3)))
+    _edit_pth(rel.files["lqa_s2"], lambda sd: sd.__setitem__("vision_proj.bias", torch.zeros(7)))
+    report = C.convert_official(rel.root, out, dtype="fp32", config=rel.config())
+    assert report.ok, report.format()
+    by_role = {s.role: s for s in report.sources}
+    assert by_role["lqa_s1"].skipped == {"not a RAR LQA parameter": ["tgt_abstractor.extra_head.weight"]}
+    assert by_role["lqa_s2"].skipped == {"shape differs from the RAR LQA parameter": [
+        f"vision_proj.bias [7], expected [{rel.dims.hidden}]"]}
+    text = report.format()
+    assert "tgt_abstractor.extra_head.weight" in text and "vision_proj.bias [7]" in text
+    t = load_file(str(out))
+    # the end-to-end file has no vision_proj: s2's weight, and s1's bias since s2's was skipped
+    assert torch.equal(t["lqa.vision_proj.bias"], rel.raw["lqa_s1"]["vision_proj.bias"])
+    assert torch.equal(t["lqa.vision_proj.weight"], rel.raw["lqa_s2"]["vision_proj.weight"])
+    assert "lqa.A_I.extra_head.weight" not in t
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("assessment.tgt_abstractor.extra_head.weight", torch.zeros(3), "UNMATCHED"),
+    ("assessment.vision_proj.bias", torch.zeros(7), "WRONG SHAPE"),
+])
+def test_end_to_end_file_stays_strict(minimal, key, value, match):
+    """The same defects in the end-to-end checkpoint stop the conversion and name the key."""
+    rel, out = minimal
+    _edit_pth(rel.files["e2e"], lambda sd: sd.__setitem__(key, value))
+    msg = _fails(rel, out, match)
+    assert key.split(".", 1)[1].removeprefix("tgt_abstractor.") in msg and "epoch_5_step_60506_weight.pth" in msg
+
+
 def test_wrong_llm_shape_and_uir_shape(minimal):
     rel, out = minimal
     shard = sorted(rel.files["llm"].glob("pytorch_model-*.bin"))[-1]
@@ -623,3 +658,101 @@ def test_planning_reads_no_weights_and_writing_streams(tmp_path, monkeypatch):
         t.produce = lambda produce=produce, key=t.key: written.append(key) or produce()
     C.write_safetensors_streaming(tmp_path / "o.safetensors", plan.tensors, torch.bfloat16, plan.metadata)
     assert written == [t.key for t in plan.tensors] and len(set(written)) == len(written)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer: the official slow LlamaTokenizer's ids under both `legacy` settings
+
+
+@pytest.fixture(scope="module")
+def llama_sentencepiece(tmp_path_factory):
+    """A tiny sentencepiece model trained like Llama's (BPE, byte fallback, dummy prefix, spaces
+    kept as they are, <unk>/<s>/</s> at 0/1/2) on the official prompt strings."""
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    from rar_core import prompts
+
+    texts = [prompts.SYSTEM, *prompts.IDENTIFY, *prompts.COMPARE, *OFFICIAL_LABELS,
+             "Image: <Img> </Img> Image A: <Img-A> </Img-A> Image B: <Img-B> </Img-B> USER: ASSISTANT:"]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts * 3), model_writer=buf, vocab_size=420, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, character_coverage=1.0, num_threads=1, hard_vocab_limit=False, minloglevel=2)
+    path = tmp_path_factory.mktemp("spm") / "tokenizer.model"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def slow_llama_ids(model_file: Path, text: str, legacy: bool) -> list[int]:
+    """`LlamaTokenizer(use_fast=False)(text, add_special_tokens=False)` of transformers 4.45 (the
+    official code's), restated on sentencepiece. It cuts the text at special tokens and encodes
+    each piece; with `legacy` every piece gets the model's dummy prefix "▁", without it the model's
+    dummy prefix is switched off, "▁" is put before the whole text, a piece that starts with a
+    space is encoded behind "<unk>" (then dropped) and a lone leading "▁" before a special token is
+    removed. Checked to give the same ids as transformers 4.45.2 on the prompts below."""
+    import re
+
+    import sentencepiece as spm
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")  # needs protobuf
+
+    proto = pb.ModelProto.FromString(model_file.read_bytes())
+    if not legacy:
+        proto.normalizer_spec.add_dummy_prefix = False
+        text = "▁" + text.replace("▁", " ")
+    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    specials = ("<unk>", "<s>", "</s>")
+    unk_len = len(sp.encode("<unk>", out_type=str))
+    tokens: list[str] = []
+    for piece in re.split("(<unk>|<s>|</s>)", text):
+        if piece in specials:
+            tokens.append(piece)
+        elif piece and (legacy or not piece.startswith(("▁", " "))):
+            tokens += sp.encode(piece, out_type=str)
+        elif piece:
+            tokens += sp.encode("<unk>" + piece, out_type=str)[unk_len:]
+    if not legacy and len(tokens) > 1 and tokens[0] == "▁" and tokens[1] in specials:
+        tokens = tokens[1:]
+    return [sp.piece_to_id(t) for t in tokens]
+
+
+@pytest.mark.parametrize("with_json", [False, True], ids=["tokenizer.model", "tokenizer.json"])
+@pytest.mark.parametrize("legacy", [True, False, None], ids=["legacy", "non-legacy", "unset"])
+def test_tokenizer_gives_the_official_slow_tokenizer_ids(tmp_path, llama_sentencepiece, legacy, with_json):
+    """The converted tokenizer, loaded as rar_core loads it, gives the slow tokenizer's ids for the
+    official prompt segments and answer candidates, whatever tokenizer.json the folder carries
+    (transformers 5 writes the same one for both settings). Unset `legacy` means legacy, the slow
+    tokenizer's default."""
+    pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    import shutil
+
+    from rar_core import prompts
+    from rar_core.lqa import tokenizer_from_json
+
+    llm = tmp_path / "vicuna-7b-v1.5"
+    llm.mkdir()
+    shutil.copy(llama_sentencepiece, llm / "tokenizer.model")
+    cfg = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+           "add_bos_token": True, "add_eos_token": False}
+    if legacy is not None:
+        cfg["legacy"] = legacy
+    (llm / "tokenizer_config.json").write_text(json.dumps(cfg))
+    if with_json:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(llm)).backend_tokenizer.save(str(llm / "tokenizer.json"))
+    tok = tokenizer_from_json(C.tokenizer_json(llm))
+
+    suffix = RARConfig.preset("sd35m").lm.answer_suffix
+    prompt = [s for s in prompts.identify_segments(prompts.IDENTIFY[-1]) + prompts.compare_segments(prompts.COMPARE[-1])
+              if s is not None]
+    texts = prompt + [c + suffix for c in (*OFFICIAL_LABELS, *prompts.COMPARE_ANSWERS)] + ["</s> Image", "x</s></s>y"]
+    for text in texts:
+        assert tok(text, add_special_tokens=False)["input_ids"] == slow_llama_ids(
+            llama_sentencepiece, text, legacy is not False), text
+    # the two settings differ exactly by one "▁" after each of the prompt's five " </s> "
+    n_legacy = sum(len(slow_llama_ids(llama_sentencepiece, t, True)) for t in prompt)
+    n_new = sum(len(slow_llama_ids(llama_sentencepiece, t, False)) for t in prompt)
+    assert sum(t.count("</s>") for t in prompt) == 5 and n_legacy - n_new == 5
