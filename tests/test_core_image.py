@@ -284,7 +284,7 @@ def test_grayscale_and_rgba_tensors_restore(tiny_model):
 def test_nan_image(tiny_model, bad):
     x = torch.rand(1, 3, 16, 16)
     x[0, 1, 3, 4] = bad
-    with pytest.raises(LatentError, match="image contains NaN or infinite values"):
+    with pytest.raises(ImageError, match="image contains NaN or infinite values"):
         restore_image(tiny_model, x)
 
 
