@@ -90,7 +90,7 @@ def check_device(name: str) -> None:
         raise CLIError(f"--device {name}: {dev.type} is not available in this torch build; use cpu or cuda")
 
 
-def _inputs(items: list[str], command: str) -> list[Path]:
+def _inputs(items: list[str]) -> list[Path]:
     from .image import list_images
 
     missing = [i for i in items if not Path(i).exists()]
@@ -154,14 +154,16 @@ def check_existing(outputs: list[Path], overwrite: bool, skip: bool) -> set[Path
     """Outputs that exist: an error unless --overwrite or --skip-existing; returns those to skip."""
     folders = [d for d in outputs if d.is_dir()]
     if folders:
-        raise CLIError(f"output {folders[0]} is a folder; give -o a folder to hold the outputs")
+        raise CLIError(f"output {folders[0]} exists and is a folder; move it away or choose another -o")
     existing = [d for d in outputs if d.exists()]
     if overwrite or not existing:
         return set()
     if skip:
         return set(existing)
-    more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-    raise CLIError(f"output {existing[0]}{more} already exist(s); pass --overwrite to replace, "
+    if len(existing) == 1:
+        raise CLIError(f"output {existing[0]} already exists; pass --overwrite to replace it, "
+                       "or --skip-existing to keep it and restore the rest")
+    raise CLIError(f"outputs {existing[0]} and {len(existing) - 1} more already exist; pass --overwrite to replace them, "
                    "or --skip-existing to keep them and restore the rest")
 
 
@@ -266,10 +268,10 @@ def cmd_restore(args) -> int:
     from .loop import restore_image
 
     check_options(args)
-    inputs = _inputs(args.inputs, "restore")
+    inputs = _inputs(args.inputs)
     outputs = plan_outputs(inputs, args.output, args.inputs, args.overwrite)
     skip = check_existing(outputs, args.overwrite, args.skip_existing)
-    for folder, dst in {d.parent.absolute(): d for d in outputs}.items():
+    for dst in {d.parent.absolute(): d for d in outputs}.values():  # one probe per folder
         check_writable(dst, "output")
     check_report(args.trace, "--trace", args.overwrite, {p.resolve() for p in inputs + outputs})
 
@@ -320,7 +322,7 @@ def cmd_assess(args) -> int:
     from .image import pad_to_multiple, to_rgb
 
     check_options(args)
-    inputs = _inputs(args.inputs, "assess")
+    inputs = _inputs(args.inputs)
     check_report(args.json, "--json", args.overwrite, {p.resolve() for p in inputs})
     model = _load(args.model, args.device)
     batch = Batch("assess", len(inputs), False, print)

@@ -169,7 +169,7 @@ def locate_release(release_dir: str | Path, e2e: str | Path | None = None) -> Re
             chain.append((role, p))
 
     if problems:
-        raise ConversionError("the release folder is incomplete:\n  " + "\n  ".join(problems))
+        raise ConversionError(f"the release folder {root} is incomplete: " + "; ".join(problems))
     return ReleaseFiles(base, backbone, connector, chain, e2e_path, llm_dir, missing_optional)
 
 
@@ -1238,7 +1238,7 @@ def run_convert(args) -> int:
         report = convert_official(args.release_dir, args.output, dtype=args.dtype, e2e=args.e2e)
     except (ConversionError, OSError, ValueError) as e:  # ValueError: unreadable JSON / config files
         print(f"rar convert: error: {e}", file=sys.stderr)
-        return 1
+        return 2  # as every `rar` error on bad input (rar_core/cli.py)
     print(report.format())
     return 0
 

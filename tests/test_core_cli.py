@@ -345,7 +345,7 @@ def test_existing_output_is_kept(tmp_path, tiny_model_path, capsys):
     out.write_bytes(b"an earlier run's result")
     assert main(restore(src, "-o", out, "--model", MISSING_MODEL)) == 2
     line = one_error_line(capsys)
-    assert f"output {out} already exist(s); pass --overwrite to replace, or --skip-existing" in line
+    assert f"output {out} already exists; pass --overwrite to replace it, or --skip-existing" in line
     assert out.read_bytes() == b"an earlier run's result"
     assert main(restore(src, "-o", out, "--model", tiny_model_path, "--max-rounds", "1", "--steps", "1", "--overwrite", "-q")) == 0
     with Image.open(out) as im:
@@ -418,7 +418,7 @@ def test_read_only_output_folder(tmp_path, capsys):
     ro.chmod(0o555)
     try:
         assert main(restore(src, "-o", ro / "o.png", "--model", MISSING_MODEL)) == 2
-        assert f"is not writable" in one_error_line(capsys)
+        assert "is not writable" in one_error_line(capsys)
     finally:
         ro.chmod(0o755)
 
@@ -583,12 +583,20 @@ def test_convert_on_garbage_files(tmp_path, capsys):
 
     rel = build_release(tmp_path / "zoo", optional_files=False, seed=9)
     rel.files["e2e"].write_bytes(os.urandom(2000))
-    assert main(["convert", str(rel.root), "-o", str(tmp_path / "o.safetensors")]) == 1
+    assert main(["convert", str(rel.root), "-o", str(tmp_path / "o.safetensors")]) == 2
     assert f"{rel.files['e2e']} is not a PyTorch checkpoint (neither a zip archive nor a pickle)" in one_error_line(capsys, "convert")
     rel.files["base"].write_bytes(b"\xff" * 300)
-    assert main(["convert", str(rel.root), "-o", str(tmp_path / "o.safetensors")]) == 1
+    assert main(["convert", str(rel.root), "-o", str(tmp_path / "o.safetensors")]) == 2
     assert "sd3.5_medium.safetensors is not a readable safetensors file" in one_error_line(capsys, "convert")
     assert not (tmp_path / "o.safetensors").exists()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a.pth", "b.safetensors", "config.json"):
+        (junk / name).write_bytes(os.urandom(500))
+    assert main(["convert", str(junk), "-o", str(tmp_path / "o.safetensors")]) == 2
+    line = one_error_line(capsys, "convert")
+    assert f"the release folder {junk} is incomplete: missing SD3.5-Medium base file" in line
+    assert "missing end-to-end checkpoint" in line and "missing language model folder" in line
 
 
 # ----- base dependencies only --------------------------------------------------------------
@@ -663,7 +671,23 @@ def test_inference_needs_only_the_base_dependencies(tmp_path):
     with Image.open(out) as im:
         assert im.size == (256, 256)
     assert assessed["rc"] == 0 and assessed["out"].startswith(f"{sample}: "), assessed["err"]
-    assert convert == {"rc": 1, "out": "", "err": f"rar convert: error: release folder not found: {tmp_path / 'no_release'}\n"}
+    assert convert == {"rc": 2, "out": "", "err": f"rar convert: error: release folder not found: {tmp_path / 'no_release'}\n"}
     for name, res in (("train", train), ("bench", bench)):
         assert res == {"rc": 2, "out": "", "err": f'rar {name}: error: needs scipy, which is not installed: '
                                                    f'pip install "comfyui-rar[train]"\n'}
+
+
+def test_several_existing_outputs_and_a_folder_in_the_way(tmp_path, capsys):
+    folder = tmp_path / "in"
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(folder / name, 20, 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"1")
+    (out / "c.png").write_bytes(b"3")
+    assert main(restore(folder, "-o", out, "--model", MISSING_MODEL)) == 2
+    assert f"outputs {out / 'a.png'} and 1 more already exist; pass --overwrite to replace them" in one_error_line(capsys)
+    (out / "b.png").mkdir()
+    assert main(restore(folder, "-o", out, "--model", MISSING_MODEL, "--overwrite")) == 2
+    assert f"output {out / 'b.png'} exists and is a folder" in one_error_line(capsys)
+    assert (out / "a.png").read_bytes() == b"1" and (out / "c.png").read_bytes() == b"3"
