@@ -107,7 +107,10 @@ def output_format(path: str | Path) -> str:
     if suffix not in IMAGE_EXTENSIONS:
         raise ImageError(f"{Path(path).name}: unknown image extension {suffix or '(none)'!r}; "
                          f"use one of {' '.join(sorted(IMAGE_EXTENSIONS))}")
-    return Image.registered_extensions()[suffix]
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None:  # e.g. a Pillow built without WebP
+        raise ImageError(f"{Path(path).name}: this Pillow cannot write {suffix} files; use .png")
+    return fmt
 
 
 def write_atomic(path: str | Path, write: Callable, overwrite: bool = True) -> None:
