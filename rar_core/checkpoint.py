@@ -90,6 +90,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -110,6 +111,24 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             f"{FORMAT_VERSION}; update the pack or re-convert the model"
         )
     return meta
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Name the file type when a model file is not safetensors at all (never unpickled here).
+
+    safetensors starts with an 8-byte little-endian header length and a JSON header ('{');
+    torch.save writes a zip archive (PK) or, in its legacy format, a pickle (0x80 protocol byte).
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        raise CheckpointError(
+            f"{path.name} is a PyTorch pickle, not a safetensors file; comfyui-rar never loads pickles: "
+            "convert the official RAR release with `rar convert RELEASE_DIR -o model.safetensors`"
+        )
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    if len(head) < 9 or head[8:9] != b"{" or n < 2:
+        raise CheckpointError(f"{path.name} is not a safetensors file (it does not start with a safetensors header)")
 
 
 def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> RAR:

@@ -170,7 +170,7 @@ def locate_release(release_dir: str | Path, e2e: str | Path | None = None) -> Re
             chain.append((role, p))
 
     if problems:
-        raise ConversionError("the release folder is incomplete:\n  " + "\n  ".join(problems))
+        raise ConversionError(f"the release folder {root} is incomplete: " + "; ".join(problems))
     return ReleaseFiles(base, backbone, connector, chain, e2e_path, llm_dir, missing_optional)
 
 
@@ -212,7 +212,10 @@ class LazyTensor:
 def open_safetensors(path: Path) -> dict[str, LazyTensor]:
     from safetensors import safe_open
 
-    handle = safe_open(str(path), framework="pt")  # kept open by the closures below
+    try:
+        handle = safe_open(str(path), framework="pt")  # kept open by the closures below
+    except Exception as e:  # safetensors raises several types for garbage / truncated headers
+        raise ConversionError(f"{path} is not a readable safetensors file ({e})") from e
     out = {}
     for key in handle.keys():
         sl = handle.get_slice(key)
@@ -237,6 +240,11 @@ def _torch_load(path: Path):
     The full training checkpoint (`latest.pth`) also stores numpy RNG state; numpy's array
     reconstruction is allow-listed for that case, still under weights_only=True.
     """
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head != b"PK" and not (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        raise ConversionError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); download it again")
+
     def attempt(mmap: bool):
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
@@ -755,7 +763,7 @@ def merge_lora(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
 
 def open_llm_folder(llm_dir: Path) -> tuple[dict[str, LazyTensor], dict, list[str]]:
     """Vicuna HF folder -> (tensors, config.json, shard file names). Prefers safetensors shards."""
-    config = json.loads((llm_dir / "config.json").read_text())
+    config = json.loads(_read_text(llm_dir / "config.json"))
     shards = sorted(llm_dir.glob("*.safetensors"))
     opener = open_safetensors
     if not shards:
@@ -772,6 +780,17 @@ def open_llm_folder(llm_dir: Path) -> tuple[dict[str, LazyTensor], dict, list[st
     return tensors, config, [s.name for s in shards]
 
 
+def _read_text(path: Path) -> str:
+    """A text file of the release (JSON); a garbage one is named, with the reason, in one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            json.loads(text)
+        return text
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path} is not a readable JSON file ({e}); download it again") from e
+
+
 def tokenizer_json(llm_dir: Path) -> str:
     """The Llama tokenizer as a `tokenizers` JSON string (transformers' fast tokenizer), made to
     split text as the official slow tokenizer does (`match_slow_llama`).
@@ -780,9 +799,9 @@ def tokenizer_json(llm_dir: Path) -> str:
     tokenizer.model with transformers (needs the `sentencepiece`/`protobuf` packages).
     """
     cfg_path = llm_dir / "tokenizer_config.json"
-    tok_config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    tok_config = json.loads(_read_text(cfg_path)) if cfg_path.is_file() else {}
     if (llm_dir / "tokenizer.json").is_file():
-        return match_slow_llama((llm_dir / "tokenizer.json").read_text(encoding="utf-8"), tok_config)
+        return match_slow_llama(_read_text(llm_dir / "tokenizer.json"), tok_config)
     try:
         from transformers import AutoTokenizer
 
@@ -1197,7 +1216,7 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
         "has_codec": "false",
         "labels": json.dumps(list(cfg.labels)),
         "tokenizer": tokenizer_json(files.llm_dir),
-        "tokenizer_config": tokcfg.read_text(encoding="utf-8") if tokcfg.is_file() else "{}",
+        "tokenizer_config": _read_text(tokcfg) if tokcfg.is_file() else "{}",
         "source": "SamsungLabs/RAR official release (AaronCIH/RAR_modelzoo)",
         "source_files": json.dumps({r: (Path(p).name if p else None) for r, p in used.items()}
                                    | {"llm_shards": shard_names}),
@@ -1300,9 +1319,9 @@ def add_convert_subparser(subparsers) -> argparse.ArgumentParser:
 def run_convert(args) -> int:
     try:
         report = convert_official(args.release_dir, args.output, dtype=args.dtype, e2e=args.e2e)
-    except ConversionError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    except (ConversionError, OSError, ValueError) as e:  # ValueError: unreadable JSON / config files
+        print(f"rar convert: error: {e}", file=sys.stderr)
+        return 2  # as every `rar` error on bad input (rar_core/cli.py)
     print(report.format())
     return 0
 

@@ -271,8 +271,9 @@ def restore_image(
     round was rejected gets its input pixels back: rolling back to the input must not cost a
     codec round trip.
     """
-    from .image import check_size, pad_to_multiple, tile_process, to_rgb
+    from .image import check_image_tensor, check_size, pad_to_multiple, tile_process, to_rgb
 
+    check_image_tensor(image)
     image = to_rgb(image.float())
     check_size(image.shape[-2], image.shape[-1])
     if not torch.isfinite(image).all():

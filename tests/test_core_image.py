@@ -1,5 +1,6 @@
 """Bad and unusual inputs: files that are missing, not images or too small; odd sizes, grayscale,
-RGBA, 16-bit, palette and EXIF-rotated images; NaN images / latents; tiled processing."""
+RGBA, 16-bit, palette, EXIF-rotated and animated images; NaN and out-of-range images / latents;
+tiled processing; atomic saving (no partial or clobbered file, whatever happens during a save)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from rar_core.cli import main
 from rar_core.image import (
     MIN_SIDE,
     ImageError,
+    ImageWarning,
+    check_image_tensor,
     check_size,
+    check_writable,
     list_images,
     load_image,
     pad_to_multiple,
@@ -135,6 +139,122 @@ def test_save_image_formats(tmp_path):
         back = np.asarray(im)
     assert np.all(back[..., 3] == 128)
     assert np.abs(back[..., :3] / 255.0 - x[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def saved_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_save_image_unknown_extension(tmp_path):
+    with pytest.raises(ImageError, match=r"out.xyz: unknown image extension '.xyz'; use one of .bmp .jpeg"):
+        save_image(torch.rand(1, 3, 16, 16), tmp_path / "out.xyz")
+    assert saved_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch, failure):
+    """A save that dies half-way (full disk, Ctrl-C) leaves the old file and no temporary file."""
+    out = tmp_path / "out.png"
+    Image.fromarray(rgb_array(20, 20)).save(out)
+    before = out.read_bytes()
+
+    def half_then_fail(self, fp, *a, **k):
+        fp.write(before[:33])  # what an interrupted PNG write leaves
+        raise failure
+
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    with pytest.raises(type(failure)):
+        save_image(torch.rand(1, 3, 20, 20), out)
+    assert out.read_bytes() == before
+    assert saved_files(tmp_path) == ["out.png"]
+
+
+def test_save_without_overwrite_keeps_an_existing_file(tmp_path):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"written by someone else meanwhile")
+    with pytest.raises(FileExistsError, match="out.png already exists"):
+        save_image(torch.rand(1, 3, 16, 16), out, overwrite=False)
+    assert out.read_bytes() == b"written by someone else meanwhile"
+    assert saved_files(tmp_path) == ["out.png"]
+    save_image(torch.rand(1, 3, 16, 16), tmp_path / "new.png", overwrite=False)
+    with Image.open(tmp_path / "new.png") as im:
+        assert im.size == (16, 16)
+    assert saved_files(tmp_path) == ["new.png", "out.png"]
+
+
+def test_overwrite_keeps_the_file_mode(tmp_path):
+    out = tmp_path / "out.png"
+    save_image(torch.rand(1, 3, 16, 16), out)
+    out.chmod(0o640)
+    save_image(torch.rand(1, 3, 16, 16), out)
+    assert out.stat().st_mode & 0o777 == 0o640
+
+
+def test_concurrent_writers_never_leave_a_broken_file(tmp_path):
+    """Writers racing on one name: the file is always one complete image, never mixed bytes."""
+    import threading
+
+    out = tmp_path / "out.png"
+    images = [torch.full((1, 3, 64, 64), v) for v in (0.1, 0.5, 0.9)]
+    levels = {round(v * 255 + 0.5) for v in (0.1, 0.5, 0.9)}
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer(x):
+        try:
+            for _ in range(15):
+                save_image(x, out)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def reader():
+        for _ in range(60):
+            if out.exists():
+                with Image.open(out) as im:
+                    arr = np.asarray(im)
+                assert arr.shape == (64, 64, 3) and len(np.unique(arr)) == 1
+                seen.append(int(arr[0, 0, 0]))
+
+    threads = [threading.Thread(target=writer, args=(x,)) for x in images]
+    for t in threads:
+        t.start()
+    reader()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert set(seen) <= levels
+    with Image.open(out) as im:
+        assert int(np.asarray(im)[0, 0, 0]) in levels
+    assert saved_files(tmp_path) == ["out.png"]
+
+
+def test_check_writable(tmp_path):
+    check_writable(tmp_path / "new" / "deeper" / "x.png")  # missing folders are fine (made at save)
+    assert saved_files(tmp_path) == []  # and not made by the check
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ImageError, match=r"cannot create output folder .*f/sub: .*f is a file"):
+        check_writable(tmp_path / "f" / "sub" / "x.png")
+    with pytest.raises(ImageError, match="is a folder; give a file name"):
+        check_writable(tmp_path)
+
+
+def test_animated_image_warns(tmp_path):
+    frames = [Image.fromarray(np.full((20, 20, 3), v, np.uint8)) for v in (10, 120, 240)]
+    src = tmp_path / "anim.png"  # APNG
+    frames[0].save(src, save_all=True, append_images=frames[1:])
+    with pytest.warns(ImageWarning, match="anim.png has 3 frames .*only the first frame is restored"):
+        x, _ = load_image(src)
+    assert torch.allclose(x, torch.full_like(x, 10 / 255))
+
+
+def test_still_image_does_not_warn(tmp_path):
+    import warnings
+
+    src = tmp_path / "still.gif"
+    Image.fromarray(rgb_array(20, 20)).save(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(src)
 
 
 def test_gray_alpha(tmp_path):
@@ -284,7 +404,7 @@ def test_grayscale_and_rgba_tensors_restore(tiny_model):
 def test_nan_image(tiny_model, bad):
     x = torch.rand(1, 3, 16, 16)
     x[0, 1, 3, 4] = bad
-    with pytest.raises(LatentError, match="image contains NaN or infinite values"):
+    with pytest.raises(ImageError, match="image contains NaN or infinite values"):
         restore_image(tiny_model, x)
 
 
@@ -303,6 +423,29 @@ def test_wrong_latent_channels(tiny_model, channels):
         tiny_model.run(z)
     with pytest.raises(LatentError):
         tiny_model.assess(z)
+
+
+def test_check_image_tensor():
+    check_image_tensor(torch.rand(2, 3, 16, 16))
+    check_image_tensor(torch.tensor([0.0, 1.0]).view(1, 1, 1, 2) + 5e-4)  # float rounding passes
+    with pytest.raises(ImageError, match=r"must be in \[0, 1\], found 0..255; 8-bit data must be divided by 255"):
+        check_image_tensor(torch.arange(256.0).view(1, 1, 16, 16))
+    with pytest.raises(ImageError, match=r"must be in \[0, 1\], found -0.5..0.5$"):
+        check_image_tensor(torch.linspace(-0.5, 0.5, 256).view(1, 1, 16, 16))
+    with pytest.raises(ImageError, match=r"found 0..1.01$"):
+        check_image_tensor(torch.tensor([0.0, 1.01]).view(1, 1, 1, 2))
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        check_image_tensor(torch.tensor([0.0, float("nan")]).view(1, 1, 1, 2))
+    with pytest.raises(ImageError, match=r"expected an image batch \[B,C,H,W\], got shape \(3, 16, 16\)"):
+        check_image_tensor(torch.rand(3, 16, 16))
+    with pytest.raises(ImageError, match="empty"):
+        check_image_tensor(torch.rand(0, 3, 16, 16))
+
+
+def test_restore_image_rejects_0_255_data(tiny_model):
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255
+    with pytest.raises(ImageError, match=r"image values must be in \[0, 1\].*divided by 255"):
+        restore_image(tiny_model, x)
 
 
 def test_too_small_tensor(tiny_model):
