@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 import time
@@ -32,9 +33,11 @@ LAZY_COMMANDS = {
     "train": ("train", "train a RAR model stage by stage (resumable)"),
     "bench": ("bench", "benchmark a RAR model on the evaluation set (writes BENCHMARKS.md)"),
 }
-# The pip extra holding what a lazy command needs beyond the base install, and those packages.
+# What a lazy command needs beyond the base install (import names), and the pip extra that has it.
+# Checked before the command runs: its modules import these only where the data is made.
+NEEDS = {"train": ("scipy",), "bench": ("scipy", "skimage", "matplotlib")}
 EXTRAS = {"train": "train", "bench": "train"}
-EXTRA_PACKAGES = {"scipy", "skimage", "matplotlib"}
+EXTRA_PACKAGES = {p for needs in NEEDS.values() for p in needs}
 
 
 class CLIError(Exception):
@@ -454,6 +457,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _add_lazy(sub, name: str, module: str) -> None:
     """Import a subcommand's module and let it register its arguments; say which extra is missing."""
+    for top in NEEDS.get(name, ()):
+        if importlib.util.find_spec(top) is None:
+            raise MissingExtra(f"needs {top}, which is not installed: pip install \"comfyui-rar[{EXTRAS[name]}]\"")
     try:
         mod = importlib.import_module(f"{__package__}.{module}")
     except ModuleNotFoundError as e:
