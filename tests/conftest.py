@@ -88,7 +88,7 @@ def make_tiny_model(seed: int = 0, config: RARConfig | None = None):
 
 @pytest.fixture(scope="session")
 def load_script():
-    """`load_script("eval_lqa")` -> scripts/eval_lqa.py as a module (scripts/ is not a package)."""
+    """`load_script("calibrate_verify")` -> scripts/calibrate_verify.py as a module (scripts/ is not a package)."""
 
     def load(name: str):
         spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
