@@ -251,7 +251,7 @@ def test_example_image_is_installed_but_never_overwrites(pack, tmp_path):
         with open(pack.EXAMPLE_SOURCE, "rb") as f:
             assert dest.read_bytes() == f.read()
         assert os.listdir(tmp_path) == [pack.EXAMPLE_IMAGE]  # no temp file left behind
-    assert pack.EXAMPLE_IMAGE == wt.EXAMPLE_IMAGE  # the name the templates use
+        assert pack.EXAMPLE_IMAGE == wt.EXAMPLE_IMAGE  # the name the templates use
         blocker = tmp_path / "not_a_folder"
         blocker.write_bytes(b"")
         folder_paths.set_input_directory(str(blocker / "input"))
