@@ -4,15 +4,56 @@ ComfyUI imports this file as a package, so everything below uses relative import
 ComfyUI (pytest collecting from the repo root, a pip-installed rar_core) comfy_api is absent
 and this module defines nothing, so it never breaks `import rar_core`.
 """
+import logging
+import os
+import shutil
+
 try:
     from comfy_api.latest import ComfyExtension, io
 except ImportError:
     ComfyExtension = None
 
+# The degraded image the templates in workflows/ open with (their LoadImage nodes name it).
+EXAMPLE_IMAGE = "rar_example_degraded.png"
+EXAMPLE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rar_core", "assets", "sample_degraded.png")
+
+
+def install_example_image() -> None:
+    """Copy the example into ComfyUI's input folder if no file of that name is there; never raises.
+
+    Written under a temporary name and linked into place, so a user's file of the same name is
+    never overwritten, even by a concurrent start.
+    """
+    try:
+        import folder_paths
+        dest = os.path.join(folder_paths.get_input_directory(), EXAMPLE_IMAGE)
+        if os.path.exists(dest) or not os.path.isfile(EXAMPLE_SOURCE):
+            return
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = f"{dest}.{os.getpid()}.tmp"
+        shutil.copyfile(EXAMPLE_SOURCE, tmp)
+        try:
+            os.link(tmp, dest)  # fails if dest appeared meanwhile: theirs wins
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this filesystem
+            if not os.path.exists(dest):
+                os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except Exception as e:  # a missing example must never stop ComfyUI or the pack
+        logging.info("RAR: example image not installed (%s)", e)
+
+
 if ComfyExtension is not None:
     from .nodes import NODES, register_folder
 
     register_folder()
+    install_example_image()
+
+    # rar.js shows each RAR node's round summary (its "text" UI output) on the node after a run.
+    WEB_DIRECTORY = "./web"
 
     class RARExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:

@@ -26,6 +26,7 @@ from ..rar_core.loop import MODES, restore_image
 from . import latent as L
 from .model import RARHandle, is_oom
 from .types import CATEGORY, RarModel
+from .types import TIPS
 
 ITERATE_MAX_ROUNDS = 32  # expansion overhead grows quadratically with depth (comfyui.md §2.6)
 LOOP_MAX_ROUNDS = 100
@@ -124,15 +125,16 @@ class RARLoop(io.ComfyNode):
             description="Restore, Assess, Repeat in one node: assess, restore, verify, repeat until the LQA rejects a "
                         "round or max_rounds. Every image of a batch stops on its own.",
             inputs=[
-                RarModel.Input("rar_model"), io.Latent.Input("latent"),
-                io.Int.Input("max_rounds", default=4, min=1, max=LOOP_MAX_ROUNDS),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Euler steps per restoration round."),
-                io.Combo.Input("mode", options=list(MODES), default="adaptive",
-                               tooltip="adaptive: re-assess and verify every round; fixed: max_rounds rounds, no "
-                                       "verification; once: assess once, verify every round."),
+                RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
+                io.Latent.Input("latent", tooltip=TIPS["latent"]),
+                io.Int.Input("max_rounds", default=4, min=1, max=LOOP_MAX_ROUNDS,
+                             tooltip=TIPS["max_rounds"].format(max=LOOP_MAX_ROUNDS)),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
+                io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"]),
             ],
-            outputs=[io.Latent.Output(), io.Int.Output(display_name="rounds"),
-                     io.String.Output(display_name="trace")],
+            outputs=[io.Latent.Output(tooltip=TIPS["latent_out"]),
+                     io.Int.Output(display_name="rounds", tooltip=TIPS["rounds"]),
+                     io.String.Output(display_name="trace", tooltip=TIPS["trace"])],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -172,13 +174,16 @@ class RARIterate(io.ComfyNode):
                         f"cached, interrupted and timed) as its own node. At most {ITERATE_MAX_ROUNDS} rounds; use "
                         "RAR Loop for more.",
             inputs=[
-                RarModel.Input("rar_model"), io.Latent.Input("latent"),
-                io.Int.Input("max_rounds", default=4, min=1, max=ITERATE_MAX_ROUNDS),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Euler steps per restoration round."),
-                io.Combo.Input("mode", options=list(MODES), default="adaptive"),
+                RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
+                io.Latent.Input("latent", tooltip=TIPS["latent"]),
+                io.Int.Input("max_rounds", default=4, min=1, max=ITERATE_MAX_ROUNDS,
+                             tooltip=TIPS["max_rounds"].format(max=ITERATE_MAX_ROUNDS)),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
+                io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"]),
             ],
-            outputs=[io.Latent.Output(), io.Int.Output(display_name="rounds"),
-                     io.String.Output(display_name="trace")],
+            outputs=[io.Latent.Output(tooltip=TIPS["latent_out"]),
+                     io.Int.Output(display_name="rounds", tooltip=TIPS["rounds"]),
+                     io.String.Output(display_name="trace", tooltip=TIPS["trace"])],
             enable_expand=True,
         )
 
@@ -257,13 +262,16 @@ class RARRestoreImage(io.ComfyNode):
             description="Image in, restored image out: encode, RAR loop, decode in one node. Pads odd sizes and crops "
                         "back; falls back to tiles when the image does not fit in memory.",
             inputs=[
-                RarModel.Input("rar_model"), io.Image.Input("image"),
-                io.Int.Input("max_rounds", default=4, min=1, max=LOOP_MAX_ROUNDS),
-                io.Int.Input("steps", default=4, min=1, max=50),
-                io.Combo.Input("mode", options=list(MODES), default="adaptive"),
-                io.Vae.Input("vae", optional=True, tooltip="The SD3.5 VAE; only for the official tier."),
+                RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
+                io.Image.Input("image", tooltip=TIPS["image"]),
+                io.Int.Input("max_rounds", default=4, min=1, max=LOOP_MAX_ROUNDS,
+                             tooltip=TIPS["max_rounds"].format(max=LOOP_MAX_ROUNDS)),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
+                io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"]),
+                io.Vae.Input("vae", optional=True, tooltip=TIPS["vae"]),
             ],
-            outputs=[io.Image.Output(), io.String.Output(display_name="trace")],
+            outputs=[io.Image.Output(tooltip="The restored image(s), the same size as the input."),
+                     io.String.Output(display_name="trace", tooltip=TIPS["trace"])],
             hidden=[io.Hidden.unique_id],
         )
 

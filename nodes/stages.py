@@ -16,7 +16,7 @@ from ..rar_core import checkpoint
 from ..rar_core.loop import Assessment
 from . import latent as L
 from .model import DTYPES, RARHandle, model_choices, model_path, pick_dtype
-from .types import CATEGORY, RarAssessment, RarModel
+from .types import CATEGORY, TIPS, RarAssessment, RarModel
 
 
 def assessment_to(assessment: Assessment, device) -> Assessment:
@@ -36,11 +36,14 @@ class RARModelLoader(io.ComfyNode):
             node_id="RARModelLoader", display_name="RAR Model Loader", category=CATEGORY,
             description="Loads a RAR model (LQA assessor + UIR restorer) from models/rar, or the built-in compact model.",
             inputs=[
-                io.Combo.Input("model_name", options=model_choices(), tooltip="A file in models/rar."),
+                io.Combo.Input("model_name", options=model_choices(),
+                               tooltip="A .safetensors RAR model in ComfyUI/models/rar (the official tier comes from "
+                                       "`rar convert`), or the compact CPU model that ships with the pack."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="auto: bf16 on GPUs that support it, else fp32."),
+                               tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp32 (fp16 can overflow "
+                                       "the language model). The paper runs bf16."),
             ],
-            outputs=[RarModel.Output(display_name="rar_model")],
+            outputs=[RarModel.Output(display_name="rar_model", tooltip=TIPS["rar_model_out"])],
         )
 
     @classmethod
@@ -78,11 +81,13 @@ class RARLatentEncode(io.ComfyNode):
             description="Encodes an image for RAR: the compact model uses its own codec, the official tier the SD3.5 VAE. "
                         "Odd sizes are padded and cropped back by RAR Latent Decode.",
             inputs=[
-                RarModel.Input("rar_model"),
-                io.Image.Input("image"),
-                io.Vae.Input("vae", optional=True, tooltip="The SD3.5 VAE; only for the official tier."),
+                RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
+                io.Image.Input("image", tooltip=TIPS["image"]),
+                io.Vae.Input("vae", optional=True, tooltip=TIPS["vae"]),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output(tooltip="The image in the model's latent space (raw VAE space, so core "
+                                              "latent nodes accept it). It remembers the size before padding, "
+                                              "so RAR Latent Decode crops back.")],
         )
 
     @classmethod
@@ -109,9 +114,14 @@ class RARAssess(io.ComfyNode):
         return io.Schema(
             node_id="RARAssess", display_name="RAR Assess", category=CATEGORY,
             description="LQA identification (paper Sec. 3.1): names the main degradation of each image in the latent.",
-            inputs=[RarModel.Input("rar_model"), io.Latent.Input("latent")],
-            outputs=[RarAssessment.Output(display_name="assessment"),
-                     io.String.Output(display_name="degradation")],
+            inputs=[RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
+                    io.Latent.Input("latent", tooltip=TIPS["latent"])],
+            outputs=[RarAssessment.Output(display_name="assessment",
+                                          tooltip="What the LQA read from each latent: its hidden states, which "
+                                                  "condition RAR Restore through A_Q, and its answer."),
+                     io.String.Output(display_name="degradation",
+                                      tooltip="The LQA's answer, one line per image: the main degradation it "
+                                              "sees (e.g. noise, blur, haze) or clean.")],
         )
 
     @classmethod
@@ -135,11 +145,14 @@ class RARRestore(io.ComfyNode):
             description="One UIR restoration pass (paper Sec. 3.2): K Euler steps of the degraded-to-clean flow, "
                         "conditioned on the assessment.",
             inputs=[
-                RarModel.Input("rar_model"), io.Latent.Input("latent"), RarAssessment.Input("assessment"),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Euler steps of this pass (the flow "
-                             "starts from the degraded latent, so there is no noise and no seed)."),
+                RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
+                io.Latent.Input("latent", tooltip=TIPS["latent"]),
+                RarAssessment.Input("assessment", tooltip="RAR Assess's reading of this latent; its hidden states "
+                                                          "condition the restorer."),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output(tooltip="The latent after one restoration pass, not yet verified: feed it "
+                                              "to RAR Verify Gate as the candidate.")],
         )
 
     @classmethod
@@ -165,14 +178,20 @@ class RARVerifyGate(io.ComfyNode):
                         "latent. Given an assessment that calls every image clean, the candidate (and the restore that "
                         "makes it) is never computed.",
             inputs=[
-                RarModel.Input("rar_model"),
-                io.Latent.Input("previous", lazy=True),
-                io.Latent.Input("candidate", lazy=True),
+                RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
+                io.Latent.Input("previous", lazy=True, tooltip="The latent before this round; kept where the LQA "
+                                                               "prefers it (the paper's rollback)."),
+                io.Latent.Input("candidate", lazy=True, tooltip="The restored latent from RAR Restore; computed "
+                                                                "only when some image is not clean."),
                 RarAssessment.Input("assessment", optional=True,
                                     tooltip="The assessment of `previous`; lets the gate skip clean images."),
             ],
-            outputs=[io.Latent.Output(display_name="latent"), io.Boolean.Output(display_name="improved"),
-                     io.String.Output(display_name="verdict")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="Per image, the candidate where the LQA "
+                                                                     "prefers it, else the previous latent."),
+                     io.Boolean.Output(display_name="improved", tooltip="True when at least one image took its "
+                                                                        "candidate."),
+                     io.String.Output(display_name="verdict", tooltip="The LQA's comparison of candidate and "
+                                                                      "previous, one line per image.")],
         )
 
     @classmethod
@@ -209,8 +228,10 @@ class RARLatentDecode(io.ComfyNode):
         return io.Schema(
             node_id="RARLatentDecode", display_name="RAR Latent Decode", category=CATEGORY,
             description="Decodes a compact-model latent with its codec. Official-tier latents decode with core VAE Decode.",
-            inputs=[RarModel.Input("rar_model"), io.Latent.Input("latent")],
-            outputs=[io.Image.Output()],
+            inputs=[RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
+                    io.Latent.Input("latent", tooltip="A compact-model latent from RAR Latent Encode, RAR Loop, "
+                                                      "RAR Iterate or the stage nodes.")],
+            outputs=[io.Image.Output(tooltip="The decoded image, cropped back to its size before padding.")],
         )
 
     @classmethod

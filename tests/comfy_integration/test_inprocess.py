@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from comfy_client import REPO
+import workflow_tools as wt
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
@@ -33,6 +34,8 @@ def pack(tmp_path_factory):
         import folder_paths
     except ImportError as e:
         pytest.skip(f"this interpreter lacks ComfyUI's requirements ({e}); use COMFYUI_PYTHON's")
+    # importing the pack copies the template image into the input folder: a temp one, not the checkout's
+    folder_paths.set_input_directory(str(tmp_path_factory.mktemp("input")))
     spec = importlib.util.spec_from_file_location("comfyui_rar_inprocess", os.path.join(REPO, "__init__.py"),
                                                   submodule_search_locations=[REPO])
     module = importlib.util.module_from_spec(spec)
@@ -231,3 +234,27 @@ def test_images_beyond_the_restorer_grid_are_tiled_or_refused(pack):
     assert node(pack, "RARLoop").execute(handle, latent, 1, 1, "fixed")[0]["samples"].shape == latent["samples"].shape
     with pytest.raises(ValueError, match="RAR Loop or RAR Restore Image"):
         node(pack, "RARAssess").execute(handle, latent)
+
+
+def test_example_image_is_installed_but_never_overwrites(pack, tmp_path):
+    """The templates' image is copied into the input folder on import, unless a file of that name exists."""
+    import folder_paths
+    before = folder_paths.get_input_directory()
+    try:
+        folder_paths.set_input_directory(str(tmp_path))
+        dest = tmp_path / pack.EXAMPLE_IMAGE
+        dest.write_bytes(b"the user's own file")
+        pack.install_example_image()
+        assert dest.read_bytes() == b"the user's own file"
+        dest.unlink()
+        pack.install_example_image()
+        with open(pack.EXAMPLE_SOURCE, "rb") as f:
+            assert dest.read_bytes() == f.read()
+        assert os.listdir(tmp_path) == [pack.EXAMPLE_IMAGE]  # no temp file left behind
+        assert pack.EXAMPLE_IMAGE == wt.EXAMPLE_IMAGE  # the name the templates use
+        blocker = tmp_path / "not_a_folder"
+        blocker.write_bytes(b"")
+        folder_paths.set_input_directory(str(blocker / "input"))
+        pack.install_example_image()  # cannot write there: logs, never raises
+    finally:
+        folder_paths.set_input_directory(before)

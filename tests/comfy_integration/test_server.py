@@ -1,6 +1,8 @@
 """The pack as ComfyUI sees it: registered nodes, model folder, template browser."""
 import json
 import os
+import urllib.parse
+import urllib.request
 
 import workflow_tools as wt
 from comfy_client import CORRUPT_MODEL, PACK_NAME, RAR_NODES, TINY_MODEL
@@ -50,8 +52,28 @@ def test_template_browser_lists_the_workflows(comfy):
     templates = comfy.get_json("/workflow_templates")
     names = sorted(n[:-5] for n in os.listdir(wt.WORKFLOWS) if n.endswith(".json"))
     assert sorted(templates.get(PACK_NAME, [])) == names
-    served = comfy.get_json(f"/api/workflow_templates/{PACK_NAME}/{names[0]}.json")
-    assert "nodes" in served and "links" in served  # UI format, not the API twin
+    for name in names:
+        served = comfy.get_json(f"/api/workflow_templates/{PACK_NAME}/{urllib.parse.quote(name)}.json")
+        assert "nodes" in served and "links" in served  # UI format, not the API twin
+        with urllib.request.urlopen(f"{comfy.base}/api/workflow_templates/{PACK_NAME}/"
+                                    f"{urllib.parse.quote(name)}.jpg", timeout=60) as r:
+            assert r.headers["Content-Type"] == "image/jpeg"  # the browser's thumbnail request
+
+
+def test_example_image_is_in_the_input_folder(comfy):
+    """The templates' LoadImage names it; the pack copied it there on start."""
+    assert wt.EXAMPLE_IMAGE in comfy.get_json("/object_info/LoadImage")["LoadImage"]["input"]["required"]["image"][0]
+
+
+def test_every_input_and_output_has_a_tooltip(comfy):
+    info = comfy.get_json("/object_info")
+    for node_id in RAR_NODES:
+        spec = info[node_id]
+        for group in ("required", "optional"):
+            for name, s in spec["input"].get(group, {}).items():
+                assert len(s) > 1 and len(s[1].get("tooltip", "")) > 20, f"{node_id}.{name} has no tooltip"
+        tips = spec.get("output_tooltips", [])
+        assert len(tips) == len(spec["output"]) and all(t and len(t) > 20 for t in tips), node_id
 
 
 def test_ui_only_widget_values_table_matches_object_info(comfy):

@@ -8,6 +8,11 @@ workflows/api/*.json (API, run by the integration tests). `ui_to_api` checks tha
     COMFYUI_URL=http://127.0.0.1:8188 python tests/comfy_integration/workflow_tools.py
 
 (run against a ComfyUI that has this pack loaded). No primitives, reroutes or subgraphs.
+Regenerating keeps what only the UI file has: node positions and sizes, Note nodes, `models`.
+
+The template browser (frontend 1.27) titles a pack's template by its file name and lists them in
+the server's directory order, so the UI files carry readable, numbered names (TITLES) while the
+API twins keep short ids.
 """
 from __future__ import annotations
 
@@ -21,6 +26,15 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # against /object_info.
 UI_EXTRA_AFTER = {("KSampler", "seed"), ("LoadImage", "image")}
 SKIP_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+# API twin id -> UI file name (= the title the template browser shows)
+TITLES = {
+    "rar_1_restore_image": "RAR 1 - Restore an image",
+    "rar_2_stage_graph_loop": "RAR 2 - Stage nodes with RAR Loop",
+    "rar_3_stage_graph_iterate": "RAR 3 - Stage nodes with RAR Iterate",
+    "rar_4_assess_report": "RAR 4 - Assess only",
+    "rar_5_with_diffusion": "RAR 5 - Restore then SD3.5 img2img",
+}
+EXAMPLE_IMAGE = "rar_example_degraded.png"  # the pack's __init__ copies it into ComfyUI/input
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKFLOWS = os.path.join(REPO, "workflows")
 
@@ -54,8 +68,9 @@ def _is_widget(spec) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
 
 
-def api_to_ui(api: dict, object_info: dict) -> dict:
-    """A loadable UI workflow for an API prompt, laid out in columns by graph depth."""
+def api_to_ui(api: dict, object_info: dict, previous: dict | None = None) -> dict:
+    """A loadable UI workflow for an API prompt, laid out in columns by graph depth, or as in
+    `previous` (the current UI file) for nodes it has; its Note nodes and `models` are kept."""
     depth = {}
 
     def node_depth(nid):
@@ -106,10 +121,33 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
     by_id = {str(n["id"]): n for n in nodes}
     for (src, slot), ids in out_links.items():
         by_id[src]["outputs"][slot]["links"] = ids
-    return {"id": "00000000-0000-4000-8000-0000000000" + str(len(nodes)).zfill(2), "revision": 0,
-            "last_node_id": max(int(n) for n in api), "last_link_id": len(links),
-            "nodes": sorted(nodes, key=lambda n: n["id"]), "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}}, "version": 0.4}
+    ui = {"id": "00000000-0000-4000-8000-0000000000" + str(len(nodes)).zfill(2), "revision": 0,
+          "last_node_id": max(int(n) for n in api), "last_link_id": len(links),
+          "nodes": sorted(nodes, key=lambda n: n["id"]), "links": links, "groups": [], "config": {},
+          "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}}, "version": 0.4}
+    if previous:
+        keep_layout(ui, previous)
+    return ui
+
+
+def keep_layout(ui: dict, previous: dict) -> None:
+    """Carry over from `previous` what the API form cannot hold: layout, Notes, models, view."""
+    old = {n["id"]: n for n in previous["nodes"]}
+    for node in ui["nodes"]:
+        if node["id"] in old and old[node["id"]]["type"] == node["type"]:
+            for key in ("pos", "size", "properties"):
+                node[key] = old[node["id"]][key]
+    notes = [n for n in previous["nodes"] if n["type"] in SKIP_TYPES]
+    ui["nodes"] = sorted(ui["nodes"] + notes, key=lambda n: n["id"])
+    ui["last_node_id"] = max(n["id"] for n in ui["nodes"])
+    for key in ("models", "extra"):
+        if key in previous:
+            ui[key] = previous[key]
+
+
+def ui_files() -> dict[str, str]:
+    """API twin id -> path of its UI workflow (named by its title)."""
+    return {name: os.path.join(WORKFLOWS, TITLES[name] + ".json") for name in TITLES}
 
 
 def api_twins() -> dict[str, str]:
@@ -124,12 +162,17 @@ def main():
     with urllib.request.urlopen(url + "/object_info") as r:
         object_info = json.loads(r.read())
     for name, path in api_twins().items():
+        ui_path = os.path.join(WORKFLOWS, TITLES[name] + ".json")
+        previous = None
+        if os.path.exists(ui_path):
+            with open(ui_path) as f:
+                previous = json.load(f)
         with open(path) as f:
-            ui = api_to_ui(json.load(f), object_info)
-        with open(os.path.join(WORKFLOWS, name + ".json"), "w") as f:
+            ui = api_to_ui(json.load(f), object_info, previous)
+        with open(ui_path, "w") as f:
             json.dump(ui, f, indent=1)
             f.write("\n")
-        print("wrote", name)
+        print("wrote", ui_path)
 
 
 if __name__ == "__main__":
