@@ -86,6 +86,21 @@ def make_tiny_model(seed: int = 0, config: RARConfig | None = None):
     return build_model(config or make_tiny_config(), seed=seed).eval()
 
 
+def sharpen_lqa(model, gain: float = 10.0):
+    """Scale the LM's attention projections by `gain`, in place; returns the model.
+
+    At random init the tiny LQA barely looks at the images: its both-orders verification log-odds
+    are ~2e-5, a few float32 ulps of log-probs near -19, so their sign is rounding and differs
+    between CPUs and batch layouts. x10 gives margins of 6e-3 to 5e-2, so tests of verification
+    decisions test the code, not the rounding.
+    """
+    with torch.no_grad():
+        for name, p in model.lqa.lm.model.layers.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")):
+                p.mul_(gain)
+    return model
+
+
 @pytest.fixture(scope="session")
 def load_script():
     """`load_script("calibrate_verify")` -> scripts/calibrate_verify.py as a module (scripts/ is not a package)."""
@@ -109,6 +124,12 @@ def tiny_config() -> RARConfig:
 def tiny_model(tiny_config):
     """A seeded random-weight RAR built from `tiny_config`, in eval mode."""
     return make_tiny_model(seed=0, config=tiny_config)
+
+
+@pytest.fixture(scope="session")
+def sharpen():
+    """`sharpen(model)` -> `sharpen_lqa(model)`: verification margins far above float rounding."""
+    return sharpen_lqa
 
 
 @pytest.fixture(scope="session")
