@@ -36,7 +36,7 @@ LAZY_COMMANDS = {
 # What a lazy command needs beyond the base install (import names), and the pip extra that has it.
 # Checked before the command runs: its modules import these only where the data is made.
 NEEDS = {"train": ("scipy",), "bench": ("scipy", "skimage", "matplotlib")}
-EXTRAS = {"train": "train", "bench": "train"}
+EXTRAS = {"train": "train", "bench": "bench"}
 EXTRA_PACKAGES = {p for needs in NEEDS.values() for p in needs}
 
 

@@ -674,7 +674,7 @@ def test_inference_needs_only_the_base_dependencies(tmp_path):
     assert convert == {"rc": 2, "out": "", "err": f"rar convert: error: release folder not found: {tmp_path / 'no_release'}\n"}
     for name, res in (("train", train), ("bench", bench)):
         assert res == {"rc": 2, "out": "", "err": f'rar {name}: error: needs scipy, which is not installed: '
-                                                   f'pip install "comfyui-rar[train]"\n'}
+                                                   f'pip install "comfyui-rar[{name}]"\n'}
 
 
 def test_several_existing_outputs_and_a_folder_in_the_way(tmp_path, capsys):
