@@ -121,6 +121,8 @@ def render_text(name: str, font_dir: Path) -> bytes:
     def font(file: str, size: int):
         return ImageFont.truetype(str(font_dir / file), size)
 
+    if name not in RENDER_PINS:
+        raise FetchError(f"no renderer named {name!r}")
     sans, bold, mono, serif = FONT_FILES
     rng = np.random.default_rng(list(RENDER_PINS).index(name))
     W, H = RENDER_SIZE
