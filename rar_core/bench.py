@@ -53,8 +53,14 @@ METHOD_NAMES = {
     "rar_fixed4": "RAR fixed 4",
     "rar_adaptive": "RAR adaptive",
 }
-KINDS = ("A", "B", "C", "single")
-KIND_NAMES = {"A": "group A", "B": "group B", "C": "group C", "single": "singles", "all": "all"}
+KINDS = ("A", "B", "C", "single", "ext")
+KIND_NAMES = {"A": "group A", "B": "group B", "C": "group C", "single": "singles", "ext": "albumentations",
+              "all": "all (degrade.py)", "degraded": "all degraded"}
+OWN_KINDS = ("A", "B", "C", "single")  # made by rar_core.degrade; "ext" by rar_core.corrupt_ext
+PSNR_CAP = 60.0  # an output identical to its reference counts as 60 dB in means
+CLEAN_DB = 35.0  # a clean input must come back within this PSNR of itself (issue 24)
+GATE_DB = 0.5    # a candidate this much worse (better) than its predecessor should be rejected (accepted)
+UNLABELLED = "unlabelled"
 WHY = "Why: _to be completed by the lead._"
 
 
@@ -75,23 +81,35 @@ def center_crop(path: Path, size: int) -> np.ndarray:
 
 
 def eval_files(data: Path, limit: int | None = None) -> list[Path]:
+    return [f for f, _ in eval_entries(data, limit)]
+
+
+def eval_entries(data: Path, limit: int | None = None) -> list[tuple[Path, str]]:
+    """(file, content class) of every `eval` image in the manifest; class `unlabelled` if none."""
     manifest_path = data / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} not found; run `python scripts/fetch_data.py --out {data}` first")
     manifest = json.loads(manifest_path.read_text())
-    files = [data / i["file"] for i in manifest["images"] if i.get("split") == "eval"]
+    entries = [(data / i["file"], i.get("class", UNLABELLED)) for i in manifest["images"] if i.get("split") == "eval"]
+    files = [f for f, _ in entries]
     if not files:
         raise FileNotFoundError(f"{manifest_path} lists no `eval` images")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"eval images listed in {manifest_path} are missing: {missing[:3]}")
-    return files[:limit] if limit else files
+    if limit:  # a reduced run still spans the classes: round-robin over the classes
+        buckets: dict[str, list] = {}
+        for e in entries:
+            buckets.setdefault(e[1], []).append(e)
+        order = [b[k] for k in range(max(len(b) for b in buckets.values())) for b in buckets.values() if k < len(b)]
+        return order[:limit]
+    return entries
 
 
 @dataclass
 class BenchSample:
     id: str
-    kind: str  # "A" | "B" | "C" | "single"
+    kind: str  # "A" | "B" | "C" | "single" | "ext" (albumentations)
     image: int  # index into the eval images
     labels: list[str]  # physical order
     severities: list[int]
@@ -99,7 +117,7 @@ class BenchSample:
 
 
 def make_samples(cleans: list[np.ndarray], seed: int, singles: tuple[str, ...] = D.LABELS,
-                 per_single: int = PER_SINGLE) -> list[BenchSample]:
+                 per_single: int = PER_SINGLE, ext: tuple[str, ...] = ()) -> list[BenchSample]:
     """The deterministic benchmark samples (same seed, same images -> identical samples)."""
     samples = []
     sev_rng = np.random.default_rng(seed)
@@ -116,6 +134,13 @@ def make_samples(cleans: list[np.ndarray], seed: int, singles: tuple[str, ...] =
             i = (j * per_single + k) % len(cleans)
             s = D.degrade(cleans[i], [name], [SINGLE_SEVERITY], np.random.default_rng([seed, 100 + j, k]))
             samples.append(BenchSample(f"{name}{k}:img{i:02d}", "single", i, s.labels, s.severities, s.image))
+    if ext:  # the second source: one albumentations corruption per image (image i -> ext[i % len])
+        from . import corrupt_ext
+
+        for i, clean in enumerate(cleans):
+            name = ext[i % len(ext)]
+            img = corrupt_ext.corrupt(clean, name, int(np.random.default_rng([seed, 300, i]).integers(2**31)))
+            samples.append(BenchSample(f"ext{i:02d}:{name}", "ext", i, [name], [0], img))
     return samples
 
 
@@ -280,7 +305,58 @@ def run_speed(model_path: Path, image: np.ndarray, reps: int, seed: int, workdir
 
 
 # ----- the benchmark ------------------------------------------------------------------------
-def evaluate(model, cleans, samples, seed, nr_fns, quiet=False):
+def capped_psnr(out: np.ndarray, ref: np.ndarray) -> float:
+    return min(quality(out, ref)[0], PSNR_CAP)
+
+
+def gate_rounds(model, latents: list, trace: list[dict], pred0: np.ndarray, ref: np.ndarray, attempts: int) -> list[dict]:
+    """The verify gate on each round the adaptive loop tried: candidate vs predecessor PSNR.
+
+    `latents[n-1]` is the state after round n of a fixed run from the same start; up to the
+    adaptive loop's first rejection both runs hold the same latent, so round n's candidate is
+    `latents[n-1]` and its predecessor `latents[n-2]` (round 1: `pred0`, the input pixels the loop
+    hands back on a first-round rejection). `trace` is the adaptive loop's own verdicts.
+    """
+    out, prev = [], capped_psnr(pred0, ref)
+    for n in range(1, attempts + 1):
+        img = _to_array(model.decode(latents[n - 1]))[: ref.shape[0], : ref.shape[1]]
+        cand = capped_psnr(img, ref)
+        out.append({"round": n, "pred": prev, "cand": cand, "accepted": bool(trace[n - 1]["accepted"])})
+        prev = cand
+    return out
+
+
+def evaluate_clean(model, cleans, classes, seed, quiet=False) -> list[dict]:
+    """The clean row: each clean crop through the adaptive loop (and classical), no degradation."""
+    from tqdm import tqdm
+
+    from . import classical
+    from .loop import restore_image
+
+    rows = []
+    for i, clean in enumerate(tqdm(cleans, desc="rar bench (clean)", unit="image", disable=quiet)):
+        x = _to_tensor(clean)
+        t = time.perf_counter()
+        res = restore_image(model, x, MAX_ROUNDS, None, "adaptive", seed)
+        secs = time.perf_counter() - t
+        out = _to_array(res.image)
+        attempts = len(res.trace[0])
+        lat = []
+        if attempts:
+            restore_image(model, x, attempts, None, "fixed", seed, callback=lambda n, z: lat.append(z.clone()))
+        cls_out, _ = classical.restore(clean)
+        rows.append({
+            "image": i, "cls": classes[i], "psnr": capped_psnr(out, clean),
+            "level_shift": float(out.mean() - clean.mean()),
+            "classical_psnr": capped_psnr(cls_out, clean),
+            "classical_level_shift": float(np.clip(cls_out, 0, 1).mean() - clean.mean()),
+            "rounds": res.rounds[0], "attempts": attempts, "answers": [r["answer"] for r in res.trace[0]],
+            "seconds": secs, "gate": gate_rounds(model, lat, res.trace[0], clean, clean, attempts),
+        })
+    return rows
+
+
+def evaluate(model, cleans, samples, seed, nr_fns, quiet=False, classes=None):
     """Per-sample rows (all methods), the LQA's answers, and the strip images per group."""
     import torch
     from tqdm import tqdm
@@ -308,7 +384,9 @@ def evaluate(model, cleans, samples, seed, nr_fns, quiet=False):
         clean = cleans[smp.image]
         x = _to_tensor(smp.degraded)
         row = {"id": smp.id, "kind": smp.kind, "image": smp.image, "labels": smp.labels,
-               "severities": smp.severities, "methods": {}}
+               "severities": smp.severities, "methods": {},
+               "cls": classes[smp.image] if classes else UNLABELLED}
+        latents = []
         outs = {"input": smp.degraded}
         t = time.perf_counter()
         outs["classical"], used = classical.restore(smp.degraded)
@@ -317,13 +395,18 @@ def evaluate(model, cleans, samples, seed, nr_fns, quiet=False):
         for key, rounds, mode in (("rar_1", 1, "fixed"), ("rar_fixed4", MAX_ROUNDS, "fixed"),
                                   ("rar_adaptive", MAX_ROUNDS, "adaptive")):
             t = time.perf_counter()
-            res = restore_image(model, x, rounds, None, mode, seed)
+            res = restore_image(model, x, rounds, None, mode, seed,
+                                callback=(lambda n, z: latents.append(z.clone())) if key == "rar_fixed4" else None)
             secs[key] = time.perf_counter() - t
             outs[key] = _to_array(res.image)
             if key == "rar_adaptive":
                 row["rounds"] = res.rounds[0]
                 row["attempts"] = len(res.trace[0])
                 row["answers"] = [r["answer"] for r in res.trace[0]]
+                row["gate"] = gate_rounds(model, latents, res.trace[0], smp.degraded, clean, len(res.trace[0]))
+                if res.rounds[0]:  # the fixed run's latent after the accepted rounds decodes to this output
+                    same = _to_array(model.decode(latents[res.rounds[0] - 1]))
+                    row["gate_consistent"] = bool(np.abs(same - outs[key]).max() < 1e-4)
         for key in METHODS:
             p, s = quality(outs[key], clean)
             m = {"psnr": p, "ssim": s, "seconds": secs[key]}
@@ -333,31 +416,106 @@ def evaluate(model, cleans, samples, seed, nr_fns, quiet=False):
         # The LQA on this sample's latent: identification and verification against the clean one.
         z = model.encode(x, gen())
         row["identify"] = model.assess(z).answer[0]
-        row["expected"] = primary(smp.labels)
+        row["expected"] = primary(smp.labels) if smp.kind in OWN_KINDS else None
         ok_clean_a, _ = model.verify(z_clean[smp.image], z)  # clean as A: should be accepted
         ok_clean_b, _ = model.verify(z, z_clean[smp.image])  # clean as B: should be rejected
         row["verify_clean_as_a"] = bool(ok_clean_a[0])
         row["verify_clean_as_b_rejected"] = not bool(ok_clean_b[0])
         rows.append(row)
-        if smp.kind != "single":
+        if smp.kind in ("A", "B", "C"):
             strips.setdefault(smp.kind, {})[smp.id] = {k: _u8(v) for k, v in outs.items()} | {"clean": _u8(clean)}
         bar.set_postfix(inp=f"{row['methods']['input']['psnr']:.1f}", ada=f"{row['methods']['rar_adaptive']['psnr']:.1f}")
     return rows, codec_rows, clean_answers, strips
 
 
-def summarize(rows, codec_rows, clean_answers, singles, nr_names) -> dict:
+def aggregate(rs: list[dict], nr_names=()) -> dict:
+    """Means over samples: per method PSNR/SSIM/seconds (and NR metrics), adaptive rounds."""
+    tab = {"n": len(rs)}
+    for m in METHODS:
+        tab[m] = {key: _mean(r["methods"][m].get(key) for r in rs) for key in ("psnr", "ssim", "seconds", *nr_names)}
+    tab["rounds_adaptive"] = _mean(r["rounds"] for r in rs)
+    tab["attempts_adaptive"] = _mean(r["attempts"] for r in rs)
+    return tab
+
+
+def class_order(classes) -> list[str]:
+    """Content classes in fetch_data's order (unknown ones after, sorted)."""
+    known = ("midtone", "bright", "dark", "smooth", "texture", "people", "text")
+    cs = set(classes)
+    return [c for c in known if c in cs] + sorted(cs - set(known))
+
+
+def summarize_by_class(rows: list[dict]) -> dict:
+    """class -> kind (A, B, C, single, ext, all, degraded) -> aggregate; only non-empty cells."""
+    out = {}
+    for c in class_order(r["cls"] for r in rows):
+        rc = [r for r in rows if r["cls"] == c]
+        cell = {k: aggregate([r for r in rc if r["kind"] == k]) for k in KINDS if any(r["kind"] == k for r in rc)}
+        own = [r for r in rc if r["kind"] in OWN_KINDS]
+        if own:
+            cell["all"] = aggregate(own)
+        cell["degraded"] = aggregate(rc)
+        out[c] = cell
+    return out
+
+
+def summarize_clean(clean_rows: list[dict], clean_answers: list[str]) -> dict:
+    """The clean row, overall and per class: PSNR of output vs input, share within CLEAN_DB,
+    mean-level shift, the LQA's "Clean" answer rate, and the same for the classical pipeline."""
+    def agg(rs, answers):
+        if not rs:
+            return None
+        ps = [r["psnr"] for r in rs]
+        shifts = [r["level_shift"] for r in rs]
+        return {
+            "n": len(rs),
+            "psnr_mean": _mean(ps), "psnr_median": float(np.median(ps)), "psnr_min": float(min(ps)),
+            "within": _mean(float(p >= CLEAN_DB) for p in ps),
+            "level_shift_mean": _mean(shifts), "level_shift_abs_mean": _mean(abs(v) for v in shifts),
+            "level_shift_abs_max": float(max(abs(v) for v in shifts)),
+            "clean_answer": _mean(float(a == "Clean") for a in answers) if answers else None,
+            "rounds": _mean(r["rounds"] for r in rs),
+            "classical_psnr_mean": _mean(r["classical_psnr"] for r in rs),
+            "classical_within": _mean(float(r["classical_psnr"] >= CLEAN_DB) for r in rs),
+            "classical_level_shift_abs_mean": _mean(abs(r["classical_level_shift"]) for r in rs),
+        }
+
+    ans = {r["image"]: clean_answers[r["image"]] for r in clean_rows if r["image"] < len(clean_answers)}
+    out = {"all": agg(clean_rows, list(ans.values())), "by_class": {}}
+    for c in class_order(r["cls"] for r in clean_rows):
+        rs = [r for r in clean_rows if r["cls"] == c]
+        out["by_class"][c] = agg(rs, [ans[r["image"]] for r in rs if r["image"] in ans])
+    return out
+
+
+def summarize_gate(rows: list[dict], clean_rows: list[dict]) -> dict:
+    """Of the rounds the adaptive loop tried: worse candidates rejected, better ones accepted."""
+    def agg(rounds):
+        worse = [g for g in rounds if g["cand"] - g["pred"] <= -GATE_DB]
+        better = [g for g in rounds if g["cand"] - g["pred"] >= GATE_DB]
+        return {"rounds": len(rounds), "worse_n": len(worse), "better_n": len(better),
+                "worse_rejected": _mean(float(not g["accepted"]) for g in worse),
+                "better_accepted": _mean(float(g["accepted"]) for g in better),
+                "accepted": _mean(float(g["accepted"]) for g in rounds)}
+
+    tagged = [(r["kind"], r["cls"], g) for r in rows for g in r.get("gate", [])]
+    tagged += [("clean", r["cls"], g) for r in clean_rows for g in r.get("gate", [])]
+    out = {"all": agg([g for _, _, g in tagged])}
+    out["by_kind"] = {k: agg([g for kk, _, g in tagged if kk == k]) for k in (*KINDS, "clean")
+                      if any(kk == k for kk, _, _ in tagged)}
+    out["by_class"] = {c: agg([g for _, cc, g in tagged if cc == c]) for c in class_order(c for _, c, _ in tagged)}
+    out["consistent"] = _mean(float(r["gate_consistent"]) for r in rows if "gate_consistent" in r)
+    return out
+
+
+def summarize(rows, codec_rows, clean_answers, singles, nr_names, clean_rows=()) -> dict:
     by_kind = {k: [r for r in rows if r["kind"] == k] for k in KINDS}
-    by_kind["all"] = rows
+    by_kind["all"] = [r for r in rows if r["kind"] in OWN_KINDS]
     quality_tab = {}
     for kind, rs in by_kind.items():
         if not rs:
             continue
-        quality_tab[kind] = {"n": len(rs)}
-        for m in METHODS:
-            q = {key: _mean(r["methods"][m][key] for r in rs) for key in ("psnr", "ssim", "seconds", *nr_names)}
-            quality_tab[kind][m] = q
-        quality_tab[kind]["rounds_adaptive"] = _mean(r["rounds"] for r in rs)
-        quality_tab[kind]["attempts_adaptive"] = _mean(r["attempts"] for r in rs)
+        quality_tab[kind] = aggregate(rs, nr_names)
     per_single = {}
     for name in singles:
         rs = [r for r in by_kind["single"] if r["labels"] == [name]]
@@ -367,7 +525,7 @@ def summarize(rows, codec_rows, clean_answers, singles, nr_names) -> dict:
             per_single[name]["answers"] = [r["identify"] for r in rs]
             per_single[name]["rounds_adaptive"] = _mean(r["rounds"] for r in rs)
     singles_rows = by_kind["single"]
-    comp = [r for r in rows if r["kind"] != "single"]
+    comp = [r for r in rows if r["kind"] in ("A", "B", "C")]
     ident = {
         "singles": _mean(float(r["identify"] == D.ANSWERS[r["labels"][0]]) for r in singles_rows),
         "singles_n": len(singles_rows),
@@ -378,28 +536,36 @@ def summarize(rows, codec_rows, clean_answers, singles, nr_names) -> dict:
         "composite_any_label": _mean(float(r["identify"] in [D.ANSWERS[n] for n in r["labels"]]) for r in comp),
         "composite_n": len(comp),
     }
-    a = [r["verify_clean_as_a"] for r in rows]
-    b = [r["verify_clean_as_b_rejected"] for r in rows]
+    a = [r["verify_clean_as_a"] for r in by_kind["all"]]
+    b = [r["verify_clean_as_b_rejected"] for r in by_kind["all"]]
     verif = {
         "accuracy": _mean(float(v) for v in a + b),
         "clean_as_a_accepted": _mean(float(v) for v in a),
         "clean_as_b_rejected": _mean(float(v) for v in b),
-        "pairs": len(rows),
+        "pairs": len(by_kind["all"]),
         "by_kind": {k: _mean(float(r["verify_clean_as_a"]) + float(r["verify_clean_as_b_rejected"]) for r in by_kind[k]) / 2
                     if by_kind[k] else None for k in KINDS},
     }
     codec = {"psnr": _mean(r["psnr"] for r in codec_rows), "ssim": _mean(r["ssim"] for r in codec_rows),
              "psnr_min": min(r["psnr"] for r in codec_rows), "n": len(codec_rows), "per_image": codec_rows}
+    high = [r for r in rows if r["methods"]["input"]["psnr"] >= 30.0]
     return {"quality": quality_tab, "per_single": per_single, "identification": ident,
-            "verification": verif, "codec": codec}
+            "verification": verif, "codec": codec,
+            "by_class": summarize_by_class(rows),
+            "clean": summarize_clean(list(clean_rows), clean_answers) if clean_rows else None,
+            "gate": summarize_gate(rows, list(clean_rows)),
+            "high_input": {"n": len(high),
+                           "input": _mean(r["methods"]["input"]["psnr"] for r in high),
+                           "rar_adaptive": _mean(r["methods"]["rar_adaptive"]["psnr"] for r in high),
+                           "classical": _mean(r["methods"]["classical"]["psnr"] for r in high)}}
 
 
 def _target(name, value, op, goal, unit, note="", fmt="{:.2f}"):
     if value is None:
         return {"name": name, "target": f"{op} {fmt.format(goal)} {unit}".strip(), "value": None, "pass": None,
                 "margin": None, "text": "not measured" + (f" ({note})" if note else "")}
-    margin = value - goal if op == ">=" else goal - value
-    ok = margin >= 0
+    margin = value - goal if op in (">=", ">") else goal - value
+    ok = margin > 0 if op in (">", "<") else margin >= 0
     m = fmt.format(abs(margin))
     text = (f"pass by {m} {unit}" if ok else f"MISSED by {m} {unit}").strip()
     return {"name": name, "target": f"{op} {fmt.format(goal)} {unit}".strip(), "value": value, "pass": ok,
@@ -432,6 +598,50 @@ def targets(summary: dict, speed: dict) -> list[dict]:
                            v, "<=", goal, "s", note="" if sp else "size not run"))
     rss = [sp["peak_rss_bytes"] / 2**30 for sp in speed.values()]
     out.append(_target("peak RSS (largest size run)", max(rss) if rss else None, "<=", 2.0, "GiB"))
+    for t in out:
+        t["issue"] = 3
+    return out + targets_issue24(summary)
+
+
+def targets_issue24(summary: dict) -> list[dict]:
+    """The do-no-harm targets of issue 24 (item 3), measured on the broadened set."""
+    out = []
+    clean = summary.get("clean")
+    if clean:
+        for c, v in clean["by_class"].items():
+            out.append(_target(f"clean {c}: share within {CLEAN_DB:.0f} dB of the input (RAR adaptive)",
+                               100 * v["within"], ">=", 95.0, "%", fmt="{:.1f}"))
+        out.append(_target("clean: mean |level shift| (mean of output minus input)",
+                           clean["all"]["level_shift_abs_mean"], "<=", 0.01, "", fmt="{:.4f}"))
+        ca = clean["all"]["clean_answer"]
+        out.append(_target("LQA answers \"Clean\" on clean inputs", None if ca is None else 100 * ca, ">=", 80.0, "%",
+                           fmt="{:.1f}"))
+    q = summary["quality"]
+    for k in KINDS:
+        if k in q:
+            out.append(_target(f"{KIND_NAMES[k]}: RAR adaptive minus input (not worse)",
+                               q[k]["rar_adaptive"]["psnr"] - q[k]["input"]["psnr"], ">=", 0.0, "dB"))
+    for c, cell in summary.get("by_class", {}).items():
+        d = cell["degraded"]
+        out.append(_target(f"class {c}: RAR adaptive minus input, all degraded samples (not worse)",
+                           d["rar_adaptive"]["psnr"] - d["input"]["psnr"], ">=", 0.0, "dB"))
+    hi = summary.get("high_input", {})
+    out.append(_target(f"inputs at >= 30 dB (n={hi.get('n', 0)}): RAR adaptive minus input (not worse)",
+                       None if not hi.get("n") else hi["rar_adaptive"] - hi["input"], ">=", 0.0, "dB"))
+    for g, goal in (("A", 3.0), ("B", 3.0), ("C", 2.0)):
+        v = q[g]["rar_adaptive"]["psnr"] - q[g]["input"]["psnr"] if g in q else None
+        out.append(_target(f"group {g}: gain over the input", v, ">=", goal, "dB"))
+        v = q[g]["rar_adaptive"]["psnr"] - q[g]["classical"]["psnr"] if g in q else None
+        out.append(_target(f"group {g}: ahead of classical", v, ">", 0.0, "dB"))
+    gate = summary.get("gate", {}).get("all")
+    if gate:
+        wr, ba = gate["worse_rejected"], gate["better_accepted"]
+        out.append(_target(f"gate: candidates >= {GATE_DB} dB worse rejected (n={gate['worse_n']})",
+                           None if wr is None else 100 * wr, ">=", 95.0, "%", fmt="{:.1f}"))
+        out.append(_target(f"gate: candidates >= {GATE_DB} dB better accepted (n={gate['better_n']})",
+                           None if ba is None else 100 * ba, ">=", 80.0, "%", fmt="{:.1f}"))
+    for t in out:
+        t["issue"] = 24
     return out
 
 
@@ -518,6 +728,10 @@ def render(res: dict, report_dir: Path) -> tuple[str, str]:
     L = []
     if meta["quick"]:
         L += ["> **--quick smoke run**: 2 images, 1 single degradation, one size; the numbers mean nothing.", ""]
+    elif meta.get("limit"):
+        L += [f"> **Reduced run** (`--limit {meta['limit']}`): {meta['n_images']} of the {meta['n_available']} eval images, "
+              f"round-robin over the classes; {meta['per_single']} image(s) per single degradation. Small per-class "
+              "samples: read the per-class numbers as indications, not measurements.", ""]
     L += [f"Model `{meta['model']}` ({meta['model_mb']:.1f} MB, config `{meta['config_name']}`"
           + (f", stage `{meta['stage']}`" if meta.get("stage") else "") + f"); {meta['date']}; "
           f"{meta['machine']}, torch {meta['torch']} with {meta['threads']} thread(s); "
@@ -530,15 +744,23 @@ def render(res: dict, report_dir: Path) -> tuple[str, str]:
           "(`rar_core.classical`: statistics-based diagnosis, then scikit-image denoising, dark-channel dehazing, "
           "gamma/contrast, Wiener deblurring, destreaking, deblocking); the model with 1 round (fixed), "
           f"fixed {MAX_ROUNDS} rounds, and the adaptive loop (at most {MAX_ROUNDS} rounds, verify gate). "
-          "PSNR/SSIM against the clean crop (scikit-image, data range 1).", ""]
+          "PSNR/SSIM against the clean crop (scikit-image, data range 1). "
+          "Content classes (from the manifest): "
+          + ", ".join(f"{c} {meta.get('classes', []).count(c)}" for c in class_order(meta.get("classes", []))) + "; "
+          "plus a clean row (no degradation) and rows from a second degradation source (albumentations).", ""]
 
     L += ["### Targets", ""]
-    trows = []
+    trows, trows24 = [], []
     for t in res["targets"]:
         status = "n/a" if t["pass"] is None else ("pass" if t["pass"] else "**MISS**")
-        trows.append([t["name"], t["target"], t.get("value_text", "n/a"), status, t["text"]])
+        (trows24 if t.get("issue") == 24 else trows).append([t["name"], t["target"], t.get("value_text", "n/a"), status, t["text"]])
     L += _table(["target (issue 3)", "goal", "measured", "", "margin"], trows)
-    missed = [t for t in res["targets"] if t["pass"] is False]
+    if trows24:
+        n24 = [t for t in res["targets"] if t.get("issue") == 24]
+        L += ["", f"Do no harm (issue 24, item 3) on the broadened set: {sum(t['pass'] is True for t in n24)} of "
+                  f"{len(n24)} pass.", ""]
+        L += _table(["target (issue 24)", "goal", "measured", "", "margin"], trows24)
+    missed = [t for t in res["targets"] if t["pass"] is False and t.get("issue") != 24]
     if missed:
         L += ["", "Missed targets (targets are not lowered):", ""]
         for t in missed:
@@ -566,6 +788,7 @@ def render(res: dict, report_dir: Path) -> tuple[str, str]:
                     [[n] + [f"{v[m]:.2f}" for m in METHODS] + [f"{v['rounds_adaptive']:.2f}", f"{100 * v['identified']:.0f}%",
                      ", ".join(v["answers"])] for n, v in s["per_single"].items()])
 
+    L += render_broadened(res)
     L += ["", "### No-reference quality (BRISQUE / NIQE, lower is better)", ""]
     if nr:
         L += _table(["samples", *[f"{METHOD_NAMES[m]} {n}" for m in METHODS for n in nr]],
@@ -611,12 +834,95 @@ def render(res: dict, report_dir: Path) -> tuple[str, str]:
               "gain of each group. Every number is in `results.json` (`rar bench --out`).",
           "", f"Reproduce: `{meta['command']}`"]
 
-    console = ["", *(_table(hdr, rows)), "", *(_table(["target", "goal", "measured", "", "margin"], trows))]
+    console = ["", *(_table(hdr, rows)), "", *(_table(["target", "goal", "measured", "", "margin"], trows + trows24))]
     return "\n".join(L) + "\n", "\n".join(console)
 
 
 def _n(v):
     return 0.0 if v is None else v
+
+
+def render_broadened(res: dict) -> list[str]:
+    """Per-class tables, the clean row, the second degradation source and the gate (issue 24)."""
+    s = res["summary"]
+    byc, clean, gate = s.get("by_class") or {}, s.get("clean"), s.get("gate")
+    L = []
+    if byc:
+        counts = {c: len({r["image"] for r in res["samples"] if r["cls"] == c}) for c in byc}
+        L += ["", "### Per content class (issue 24)", "",
+              "Images per class: " + ", ".join(f"{c} {n}" for c, n in counts.items()) + ". "
+              "Each cell: mean PSNR of the input -> RAR adaptive (gain); `albumentations` rows are the "
+              "second degradation source (`rar_core.corrupt_ext`), `all degraded` pools every row of the class.", ""]
+        cols = [k for k in (*KINDS, "degraded") if any(k in cell for cell in byc.values())]
+
+        def cell(a, m="rar_adaptive"):
+            return f"{a['input']['psnr']:.2f} -> {a[m]['psnr']:.2f} ({a[m]['psnr'] - a['input']['psnr']:+.2f})"
+        L += _table(["class", *[KIND_NAMES[k] for k in cols]],
+                    [[c] + [cell(v[k]) if k in v else "" for k in cols] for c, v in byc.items()])
+        L += ["", "Gain over the input per class (dB): RAR adaptive / classical / RAR 1 round; n samples:", ""]
+        L += _table(["class", *[KIND_NAMES[k] for k in cols]],
+                    [[c] + [(f"{v[k]['rar_adaptive']['psnr'] - v[k]['input']['psnr']:+.2f} / "
+                             f"{v[k]['classical']['psnr'] - v[k]['input']['psnr']:+.2f} / "
+                             f"{v[k]['rar_1']['psnr'] - v[k]['input']['psnr']:+.2f}; {v[k]['n']}") if k in v else ""
+                             for k in cols] for c, v in byc.items()])
+        L += ["", "Mean accepted rounds of the adaptive loop per class (tried in brackets):", ""]
+        L += _table(["class", *[KIND_NAMES[k] for k in cols]],
+                    [[c] + [f"{v[k]['rounds_adaptive']:.2f} ({v[k]['attempts_adaptive']:.2f})" if k in v else ""
+                            for k in cols] for c, v in byc.items()])
+        hi = s.get("high_input") or {}
+        if hi.get("n"):
+            L += ["", f"Inputs already at 30 dB or better (n={hi['n']}): input {hi['input']:.2f} dB, RAR adaptive "
+                      f"{hi['rar_adaptive']:.2f} dB ({hi['rar_adaptive'] - hi['input']:+.2f}), classical "
+                      f"{hi['classical']:.2f} dB ({hi['classical'] - hi['input']:+.2f})."]
+    if clean:
+        L += ["", "### Clean inputs (no degradation)", "",
+              f"Each clean crop through the adaptive loop (at most {MAX_ROUNDS} rounds): PSNR of the output against "
+              f"its own input (identical output counted as {PSNR_CAP:.0f} dB), the share within {CLEAN_DB:.0f} dB, the "
+              "mean-level shift (mean of output minus mean of input, on [0,1]), the LQA's answer on the clean latent, "
+              "and the classical pipeline on the same crops.", ""]
+        rows = []
+        for c, v in [*clean["by_class"].items(), ("all", clean["all"])]:
+            rows.append([c, str(v["n"]), f"{100 * v['within']:.0f}%", f"{v['psnr_mean']:.2f}", f"{v['psnr_median']:.2f}",
+                         f"{v['psnr_min']:.2f}", f"{v['level_shift_mean']:+.4f}", f"{v['level_shift_abs_max']:.4f}",
+                         _f(v["clean_answer"] and 100 * v["clean_answer"], "{:.0f}%"), f"{v['rounds']:.2f}",
+                         f"{100 * v['classical_within']:.0f}% / {v['classical_psnr_mean']:.2f}"])
+        L += _table(["class", "n", f"within {CLEAN_DB:.0f} dB", "PSNR mean", "median", "min", "level shift mean",
+                     "max abs shift", "LQA \"Clean\"", "rounds", f"classical within {CLEAN_DB:.0f} dB / mean"], rows)
+    ext = res.get("ext_source") or {}
+    if ext:
+        L += ["", "### Second degradation source", ""]
+        if ext.get("available"):
+            L += [f"`albumentations` {ext['version']} (MIT, PyPI; `rar_core/corrupt_ext.py`): one corruption per image, "
+                  f"image i -> `{', '.join(ext['corruptions'])}`[i % {len(ext['corruptions'])}] at the fixed settings in "
+                  "that file; the rows are `albumentations` in every table."]
+            per = {}
+            for r in res["samples"]:
+                if r["kind"] == "ext":
+                    per.setdefault(r["labels"][0], []).append(r)
+            if per:
+                L += ["", "Per corruption (mean PSNR dB; n):", ""]
+                L += _table(["corruption", "n", *[METHOD_NAMES[m] for m in METHODS], "adaptive rounds"],
+                            [[n, str(len(rs))] + [f"{_mean(r['methods'][m]['psnr'] for r in rs):.2f}" for m in METHODS]
+                             + [f"{_mean(r['rounds'] for r in rs):.2f}"] for n, rs in per.items()])
+        else:
+            L += [f"not run: albumentations is not importable here ({ext.get('version')}); "
+                  "install the bench extra (`pip install -e .[bench]`)."]
+    if gate and gate["all"]["rounds"]:
+        L += ["", "### The verify gate over the rounds the loop tries", "",
+              f"Every round the adaptive loop tried (degraded and clean inputs): the candidate's PSNR against the clean "
+              f"image vs its predecessor's (round 1: the input pixels the loop keeps on a rejection). A candidate at "
+              f"least {GATE_DB} dB worse should be rejected, one at least {GATE_DB} dB better accepted. Candidates come "
+              "from the fixed-4 run, which holds the same latent as the adaptive loop up to its first rejection "
+              f"(checked: {_f(gate['consistent'] and 100 * gate['consistent'], '{:.0f}%')} of samples with an accepted round "
+              "decode to the adaptive output).", ""]
+        grows = []
+        for name, v in [*((KIND_NAMES.get(k, k), v) for k, v in gate["by_kind"].items()),
+                        *((f"class {c}", v) for c, v in gate["by_class"].items()), ("all", gate["all"])]:
+            grows.append([name, str(v["rounds"]), _f(v["accepted"] and 100 * v["accepted"], "{:.0f}%", "n/a"),
+                          f"{_f(v['worse_rejected'] and 100 * v['worse_rejected'], '{:.0f}%', 'n/a')} of {v['worse_n']}",
+                          f"{_f(v['better_accepted'] and 100 * v['better_accepted'], '{:.0f}%', 'n/a')} of {v['better_n']}"])
+        L += _table(["rounds of", "tried", "accepted", f">= {GATE_DB} dB worse: rejected", f">= {GATE_DB} dB better: accepted"], grows)
+    return L
 
 
 def explain(t: dict, res: dict) -> str:
@@ -663,17 +969,23 @@ def cmd_bench(args) -> int:
     bad = [s for s in (size, *speed_sizes) if s % model.config.pixel_multiple]
     if bad:
         raise SystemExit(f"rar bench: sizes {bad} are not multiples of {model.config.pixel_multiple} (this model's pixel multiple)")
-    files = eval_files(Path(args.data), 2 if args.quick else None)
+    entries = eval_entries(Path(args.data), 2 if args.quick else args.limit)
+    files, classes = [f for f, _ in entries], [c for _, c in entries]
     singles = D.LABELS[:1] if args.quick else D.LABELS
     reps = 1 if args.quick else args.speed_reps
 
+    from . import corrupt_ext
+
+    ext_ok, ext_version = corrupt_ext.available()
+    ext = tuple(corrupt_ext.CORRUPTIONS) if ext_ok and not args.no_ext else ()
     cleans = [center_crop(f, size) for f in files]
-    samples = make_samples(cleans, args.seed, singles)
+    samples = make_samples(cleans, args.seed, singles, per_single=args.per_single, ext=ext)
     nr_fns, nr_reason = no_reference_metrics()
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        rows, codec_rows, clean_answers, strips = evaluate(model, cleans, samples, args.seed, nr_fns, args.quiet)
-    summary = summarize(rows, codec_rows, clean_answers, singles, list(nr_fns))
+        rows, codec_rows, clean_answers, strips = evaluate(model, cleans, samples, args.seed, nr_fns, args.quiet, classes)
+        clean_rows = evaluate_clean(model, cleans, classes, args.seed, args.quiet)
+    summary = summarize(rows, codec_rows, clean_answers, singles, list(nr_fns), clean_rows)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -699,7 +1011,9 @@ def cmd_bench(args) -> int:
 
     cmd = " ".join(["rar bench", *(f"--{k.replace('_', '-')} {v}" for k, v, d in (
         ("model", args.model, None), ("data", args.data, "data"), ("size", args.size, 256),
-        ("threads", args.threads, 0), ("seed", args.seed, 0)) if v != d), *(["--quick"] if args.quick else [])])
+        ("threads", args.threads, 0), ("seed", args.seed, 0), ("limit", args.limit, None),
+        ("per_single", args.per_single, PER_SINGLE)) if v != d),
+        *(["--no-ext"] if args.no_ext else []), *(["--quick"] if args.quick else [])])
     res = {
         "meta": {
             "model": str(model_path), "model_mb": model_path.stat().st_size / 2**20,
@@ -708,11 +1022,16 @@ def cmd_bench(args) -> int:
             "machine": f"{platform.machine()} {os.cpu_count()} cores ({platform.processor() or platform.system()})",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": bool(args.quick),
             "data": str(args.data), "n_images": len(files), "images": [str(f) for f in files], "size": size,
-            "seed": args.seed, "per_single": min(PER_SINGLE, len(files)), "speed_reps": reps, "command": cmd,
+            "classes": classes, "limit": args.limit,
+            "n_available": len(eval_entries(Path(args.data))),
+            "seed": args.seed, "per_single": min(args.per_single, len(files)), "speed_reps": reps, "command": cmd,
             "wall_s": 0.0,
         },
         "methods": METHOD_NAMES,
         "samples": [{k: v for k, v in r.items()} for r in rows],
+        "clean_rows": clean_rows,
+        "ext_source": {"available": ext_ok, "version": ext_version, "corruptions": list(ext),
+                       "package": "albumentations"} if not args.no_ext else {},
         "summary": summary,
         "speed": speed,
         "no_reference": {"metrics": list(nr_fns), "reason": nr_reason},
@@ -741,5 +1060,8 @@ def add_bench_subparser(sub) -> None:
     b.add_argument("--speed-reps", type=int, default=3, help="timed runs per size and mode (median reported)")
     b.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--limit", type=int, help="use only the first N eval images (a reduced run; one per class first)")
+    b.add_argument("--per-single", type=int, default=PER_SINGLE, help="images per single degradation")
+    b.add_argument("--no-ext", action="store_true", help="skip the albumentations rows (second degradation source)")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)

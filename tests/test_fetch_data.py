@@ -21,10 +21,12 @@ _spec.loader.exec_module(fd)
 def test_pins_are_complete_and_disjoint():
     seen = set()
     for src in fd.SOURCES:
-        assert src.kind in ("deb", "wheel") and len(src.archive_sha256) == 64
-        assert src.version and src.package
+        assert src.kind in ("deb", "wheel", "sdist", "render") and len(src.archive_sha256) == 64
+        assert int(src.archive_sha256, 16) >= 0 and src.version and src.package and src.licence
         if src.kind == "wheel":
             assert src.wheel_file.endswith(".whl") and src.version in src.wheel_file
+        if src.kind == "sdist":
+            assert src.wheel_file == f"{src.package}-{src.version}.tar.gz"
         for it in src.items:
             assert len(it.sha256) == 64 and int(it.sha256, 16) >= 0
             assert it.split in ("train", "eval", "real")
@@ -33,16 +35,111 @@ def test_pins_are_complete_and_disjoint():
             seen.add(rel)
     splits = {it.split: src.key for src in fd.SOURCES for it in src.items}
     assert splits
-    # Evaluation photos come only from the wheels; training only from the Debian packages.
+    # No package feeds both eval and train: eval images are never trained on.
+    eval_pkgs = {src.package for src in fd.SOURCES if any(it.split == "eval" for it in src.items)}
+    train_pkgs = {src.package for src in fd.SOURCES if any(it.split == "train" for it in src.items)}
+    assert eval_pkgs and train_pkgs and not eval_pkgs & train_pkgs
+    counts = {s: sum(it.split == s for src in fd.SOURCES for it in src.items)
+              for s in ("train", "eval", "real")}
+    assert counts["train"] >= 40 and counts["eval"] >= fd.MIN_EVAL == 60
+    fd.check_sources()  # the pinned set passes its own checks
+
+
+def test_eval_classes_are_labelled_and_large_enough():
+    per = {}
     for src in fd.SOURCES:
         for it in src.items:
             if it.split == "eval":
-                assert src.kind == "wheel"
-            if it.split == "train":
-                assert src.kind == "deb"
-    counts = {s: sum(it.split == s for src in fd.SOURCES for it in src.items)
-              for s in ("train", "eval", "real")}
-    assert counts["train"] >= 40 and counts["eval"] >= 10
+                assert it.cls in fd.EVAL_CLASSES, (src.key, it.name)
+                per[it.cls] = per.get(it.cls, 0) + 1
+            else:
+                assert it.cls == ""
+    assert set(per) == set(fd.EVAL_CLASSES) and len(fd.EVAL_CLASSES) >= 7
+    assert min(per.values()) >= 8 and sum(per.values()) >= 60
+    # The mid-tone photos of the original bench stay a class.
+    kodak = next(s for s in fd.SOURCES if s.key == "kodak")
+    assert sum(it.cls == "midtone" for it in kodak.items) == 4
+
+
+def _src(package, member, split="eval", cls="midtone"):
+    return fd.Source("k", "wheel", package, "1", "0" * 64, (fd.Item(member, "x.png", "0" * 64, split, cls),),
+                     wheel_file=f"{package}-1-py3-none-any.whl", licence="x")
+
+
+@pytest.mark.parametrize("package, member", [
+    ("lomiri-wallpapers", "./usr/share/wallpapers/warty-final-ubuntu.png"),
+    ("lomiri-wallpapers-20.04", "./usr/share/backgrounds/anything.jpg"),
+    ("pyiqa", "tests/test_efficiency_img_dir/example.jpg"),
+    ("pyiqa", "ResultsCalibra/dist_dir/I03.bmp"),
+    ("scipy", "scipy/misc/face.dat"),
+    ("scipy", "scipy/misc/ascent.dat"),
+    ("matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg"),
+    ("python-matplotlib-data", "./usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg"),
+    ("imgaug", "imgaug/quokka.jpg"),
+])
+@pytest.mark.parametrize("split", ["eval", "train"])
+def test_reserved_sources_are_refused(package, member, split):
+    assert fd.reserved_reason(package, member)
+    with pytest.raises(fd.FetchError, match="reserved"):
+        fd.check_sources((_src(package, member, split, "midtone" if split == "eval" else ""),))
+
+
+def test_allowed_sources_pass_the_reserved_check():
+    for n in (3, 4, 6, 8, 19):  # the five Kodak references are the only pyiqa images allowed
+        assert fd.reserved_reason("pyiqa", f"ResultsCalibra/ref_dir/I{n:02d}.bmp") is None
+    assert fd.reserved_reason("scikit-image", "skimage/data/astronaut.png") is None
+    assert fd.reserved_reason("ukui-wallpapers", "./usr/share/backgrounds/calla.png") is None
+    for src in fd.SOURCES:
+        for it in src.items:
+            assert fd.reserved_reason(src.package, it.member) is None
+
+
+def test_check_sources_refuses_small_or_unlabelled_sets():
+    with pytest.raises(fd.FetchError, match="class"):
+        fd.check_sources((_src("some-pkg", "a.png", "eval", ""),))
+    with pytest.raises(fd.FetchError, match="too small"):
+        fd.check_sources((_src("some-pkg", "a.png", "eval", "midtone"),))
+    both = (_src("p", "a.png", "eval"), _src("p", "b.png", "train", ""))
+    with pytest.raises(fd.FetchError, match="may not feed train"):
+        fd.check_sources(both)
+
+
+def test_render_text_is_deterministic_and_pinned(tmp_path):
+    """The renderer draws the same bytes twice; with the pinned Pillow major and system DejaVu
+    fonts identical to the pinned .deb's, it reproduces the pinned sha256 (no network)."""
+    import hashlib
+
+    import PIL
+
+    font_dir = Path("/usr/share/fonts/truetype/dejavu")
+    if not all((font_dir / f).is_file() for f in fd.FONT_FILES):
+        pytest.skip("DejaVu fonts not installed (fonts-dejavu-core)")
+    for name in fd.RENDER_PINS:
+        a, b = fd.render_text(name, font_dir), fd.render_text(name, font_dir)
+        assert a == b
+        im = Image.open(io.BytesIO(a))
+        assert im.size == fd.RENDER_SIZE and im.mode == "RGB"
+        arr = np.asarray(im)
+        assert arr.std() > 10  # text was drawn, not an empty page
+    if PIL.__version__.split(".")[0] == fd.RENDER_PILLOW:
+        got = {n: hashlib.sha256(fd.render_text(n, font_dir)).hexdigest() for n in fd.RENDER_PINS}
+        if any(got[n] != h for n, h in fd.RENDER_PINS.items()):
+            # The system fonts may be another DejaVu build than the pinned .deb; say so, don't pass.
+            pytest.skip("system DejaVu fonts differ from fonts-dejavu-core 2.37-6")
+    with pytest.raises(fd.FetchError, match="no renderer"):
+        fd.render_text("nothing", font_dir)
+
+
+def test_extract_sdist(tmp_path):
+    arc = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(arc, "w:gz") as t:
+        info = tarfile.TarInfo("pkg-1.0/tests/a.jpg")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"JPG"))
+    fd.extract_sdist(arc, {"pkg-1.0/tests/a.jpg": tmp_path / "o" / "a.jpg"})
+    assert (tmp_path / "o" / "a.jpg").read_bytes() == b"JPG"
+    with pytest.raises(fd.FetchError, match="lacks"):
+        fd.extract_sdist(arc, {"pkg-1.0/none.jpg": tmp_path / "o" / "n.jpg"})
 
 
 def test_sha_check_failure_is_clear(tmp_path):
