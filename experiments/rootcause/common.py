@@ -7,7 +7,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = Path(__file__).resolve().parent
+OUT = ROOT / "runs" / "rootcause"  # git-ignored
+OUT.mkdir(parents=True, exist_ok=True)
 DATA = Path(os.environ.get("RAR_DATA", "data"))  # scripts/fetch_data.py --out data
 torch.set_num_threads(int(os.environ.get("NT", "2")))
 
