@@ -66,7 +66,7 @@ class Script:
             text = ["Image A" if ok else "Image B" for ok in improved]
             return torch.tensor(improved), text
 
-        def fake_restore(model, z, assessment, steps=None):
+        def fake_restore(model, z, assessment, steps=None, on_tile=None):
             script.restore_calls.append(item_ids(z))
             assert len(assessment.answer) == z.shape[0] == len(assessment.hidden)
             return z + 1.0
@@ -165,7 +165,7 @@ def test_assess_once_first_item_drops_out(tiny_model, monkeypatch):
     script = Script({0: [False], 1: [True, True]}).install(monkeypatch)
     seen = []
 
-    def restore(model, z, assessment, steps=None):
+    def restore(model, z, assessment, steps=None, on_tile=None):
         seen.append((item_ids(z), list(assessment.answer), [h.shape[0] for h in assessment.hidden]))
         return z + 1.0
 
