@@ -326,7 +326,8 @@ def restore_image(
     in tiles of at most `tile` px a side (default `model.codec_tile`; `overlap` is accepted for
     old callers and ignored: the codec's overlap is an eighth of its tile). The official tier
     passes the SD3.5 VAE's. The restorer's windows are the model's (`RAR.restore`); `tiles` in
-    the result counts them. An item whose first round was rejected gets its input pixels back:
+    the result counts them. `on_tile(done, total)` runs between the codec's tiles and the
+    restorer's (whose total is windows x steps). An item whose first round was rejected gets its input pixels back:
     rolling back to the input must not cost a codec round trip.
     """
     from .image import check_size, pad_to_multiple, to_rgb
@@ -342,11 +343,12 @@ def restore_image(
         model.codec_tile = tile
     try:
         if encode is None:
-            z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed))
+            z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed), on_tile=on_tile)
         else:
             z = encode(padded)
         res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback, on_tile=on_tile)
-        out = (decode or model.decode)(res.latent)[:, :, :h, :w].to(image.device, image.dtype)
+        out = model.decode(res.latent, on_tile=on_tile) if decode is None else decode(res.latent)
+        out = out[:, :, :h, :w].to(image.device, image.dtype)
     finally:
         model.codec_tile = saved
     kept = torch.tensor([r == 0 for r in res.rounds], device=image.device)
