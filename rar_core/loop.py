@@ -104,7 +104,6 @@ class RAR(nn.Module):
         if not torch.isfinite(z).all():
             raise LatentError("latent contains NaN or infinite values; the input or the codec produced invalid numbers")
 
-    @torch.no_grad()
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None,
                on_tile: OnTile | None = None) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> z, in `codec_tile` px tiles above that size."""
@@ -116,7 +115,6 @@ class RAR(nn.Module):
         return tiling.blend(x, lambda t, _: self.codec.encode(t, generator), *self._codec_grid(f),
                             multiple=f, scale=1 / f, batch=1, on_tile=on_tile).float()
 
-    @torch.no_grad()
     def decode(self, z: torch.Tensor, on_tile: OnTile | None = None) -> torch.Tensor:
         """z -> [B,3,H,W] in [0,1], in `codec_tile` px tiles above that size."""
         if self.codec is None:
