@@ -1,7 +1,9 @@
 """The repetition: RAR Loop (rar_core's loop in one node), RAR Iterate (the same loop as graph
 expansion of the stage nodes) and RAR Restore Image (image in, image out).
 
-RAR Loop and RAR Restore Image call rar_core.loop.RAR.run, so they cannot drift from `rar restore`.
+RAR Loop and RAR Restore Image call rar_core.loop.RAR.run, so they cannot drift from `rar restore`;
+large images are rar_core's business too (one decision per image, the restorer and codec in tiles),
+and the nodes only show its progress: one bar over rounds x tiles, interruptible between tiles.
 RAR Iterate re-implements only the bookkeeping (which items are still active, the trace); the
 stage nodes it expands call the same rar_core methods run() calls, item for item.
 """
@@ -20,7 +22,6 @@ import comfy.utils
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import GraphBuilder
 
-from ..rar_core import image as rar_image
 from ..rar_core import prompts
 from ..rar_core.loop import MODES, restore_image
 from . import latent as L
@@ -30,14 +31,13 @@ from .types import TIPS
 
 ITERATE_MAX_ROUNDS = 32  # expansion overhead grows quadratically with depth (comfyui.md §2.6)
 LOOP_MAX_ROUNDS = 100
-TILES = [1024, 512, 256]  # image tile sides (px) tried in order: too large for one piece, or out of memory
-PREVIEW_LATENT_SIDE = 32
-STATE = "rar_iterate_state"  # private key: RAR Iterate's loop state, carried inside the latent dict between rounds  # previews decode a latent pooled to at most this many latent pixels a side
+PREVIEW_LATENT_SIDE = 32  # previews decode a latent pooled to at most this many latent pixels a side
+STATE = "rar_iterate_state"  # private key: RAR Iterate's loop state, carried inside the latent dict between rounds
 
 
 def trace_json(rounds: list[int], trace: list[list[dict]], tiles: int = 1) -> str:
-    """Per-item rounds and per-round records. With tiles (out-of-memory fallback) each tile ran its
-    own loop; like rar_core.restore_image, the first tile's trace is reported with the tile count."""
+    """Per-item rounds and per-round records (each for the whole image), plus the restorer's tile
+    count when the image took more than one."""
     items = [{"item": i, "rounds": r, "trace": t} for i, (r, t) in enumerate(zip(rounds, trace))]
     if tiles > 1:
         for item in items:
@@ -45,11 +45,12 @@ def trace_json(rounds: list[int], trace: list[list[dict]], tiles: int = 1) -> st
     return json.dumps(items, indent=1)
 
 
-def summary(rounds: list[int], trace: list[list[dict]]) -> str:
+def summary(rounds: list[int], trace: list[list[dict]], tiles: int = 1) -> str:
     lines = []
+    where = f" ({tiles} tiles)" if tiles > 1 else ""
     for i, (r, t) in enumerate(zip(rounds, trace)):
         steps = ", ".join(f"{d['answer']} -> {'accepted' if d['accepted'] else 'rejected'}" for d in t)
-        lines.append(f"image {i}: {r} round(s) accepted. {steps}")
+        lines.append(f"image {i}: {r} round(s) accepted{where}. {steps}")
     return "\n".join(lines)
 
 
@@ -72,49 +73,48 @@ def preview(handle: RARHandle, z: torch.Tensor):
     return ("JPEG", Image.fromarray(x), 512)
 
 
-def progress(handle: RARHandle, max_rounds: int, node_id=None):
-    """The per-round callback for RAR.run: interrupt check, then progress bar with a preview."""
-    pbar = comfy.utils.ProgressBar(max_rounds, node_id=node_id)
+class Progress:
+    """One progress bar for a node's whole run: max_rounds x the restorer's tiles x Euler steps
+    (rar_core's `on_tile(done, total)`), an interrupt check between any tiles (the codec's too),
+    and a preview after each round."""
 
-    def callback(n, z_now):
+    def __init__(self, handle: RARHandle, max_rounds: int, steps: int, latent_hw: tuple[int, int], node_id=None):
+        self.handle, self.round = handle, 0
+        self.per_round = len(handle.model.restore_grid(*latent_hw)) * steps
+        self.pbar = comfy.utils.ProgressBar(max_rounds * self.per_round, node_id=node_id)
+
+    def on_tile(self, done: int, total: int) -> None:
         mm.throw_exception_if_processing_interrupted()
-        pbar.update_absolute(n, max_rounds, preview(handle, z_now))
-    return callback
+        if total == self.per_round:  # the restorer's tiles; the codec's only check for interrupts
+            self.pbar.update_absolute(self.round * total + done)
+
+    def callback(self, n: int, z_now: torch.Tensor) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        self.round = n
+        self.pbar.update_absolute(n * self.per_round, preview=preview(self.handle, z_now))
 
 
-def tile_sizes(handle: RARHandle, h: int, w: int) -> list:
-    """Whole image (None) when the restorer's grid covers it, then ever smaller tiles that it does."""
-    return ([None] if max(h, w) <= handle.max_side else []) + [t for t in TILES if t <= handle.max_side]
+def work_size(handle: RARHandle, h: int, w: int) -> tuple[int, int]:
+    """The largest piece (px) one forward sees, for the memory estimate: rar_core tiles the rest."""
+    cfg, model = handle.config, handle.model
+    side = max(model.codec_tile, cfg.uir.tile * cfg.uir.patch_size * cfg.codec.downsample) if cfg.uir.tile else max(h, w)
+    return min(h, side), min(w, side)
 
 
-def with_tile_fallback(work, tiles: list):
-    """work(tile) for tile in `tiles` (None = whole input), moving on to smaller tiles only when the
-    device runs out of memory."""
-    for i, tile in enumerate(tiles):
-        try:
-            return work(tile)
-        except Exception as e:
-            if not is_oom(e) or i == len(tiles) - 1:
-                raise
-            logging.warning("RAR: out of memory at tile size %s; retrying with %s px tiles", tile, tiles[i + 1])
-            mm.soft_empty_cache()
-
-
-def loop_latent(handle: RARHandle, z: torch.Tensor, max_rounds, steps, mode, callback, tile=None):
-    """RAR.run on the whole latent, or on overlapping latent tiles (each tile runs its own loop)."""
-    results = []
-
-    def one(z_tile):
-        results.append(handle.model.run(z_tile, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback))
-        return results[-1].latent.to(z_tile.device)
-
-    with torch.inference_mode():
-        if tile is None:
-            one(z)
-            return results[0].latent, results[0].rounds, results[0].trace, 1
-        mult = handle.config.pixel_multiple // handle.config.codec.downsample
-        out = rar_image.tile_process(z, one, tile=tile, overlap=tile // 8, multiple=mult)
-    return out, results[0].rounds, results[0].trace, len(results)
+def with_oom_fallback(model, work):
+    """work(), once more with one restorer tile per forward if the device runs out of memory."""
+    try:
+        return work()
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        logging.warning("RAR: out of memory; retrying with one tile per forward")
+        mm.soft_empty_cache()
+    saved, model.tile_batch = model.tile_batch, 1
+    try:
+        return work()
+    finally:
+        model.tile_batch = saved
 
 
 class RARLoop(io.ComfyNode):
@@ -142,15 +142,21 @@ class RARLoop(io.ComfyNode):
     def execute(cls, rar_model: RARHandle, latent, max_rounds, steps, mode) -> io.NodeOutput:
         b, _, h, w = latent["samples"].shape
         f = rar_model.config.codec.downsample
-        device = rar_model.prepare(2 * b, h * f, w * f, parts=("restorer",))
+        size = work_size(rar_model, h * f, w * f)
+        device = rar_model.prepare(2 * b, *size, parts=("restorer",))
         z = L.to_z(rar_model, latent, device)
-        callback = progress(rar_model, max_rounds, cls.hidden.unique_id if cls.hidden is not None else None)
-        with rar_model.staged_loading(2 * b, h * f, w * f):
-            z, rounds, trace, tiles = with_tile_fallback(
-                lambda tile: loop_latent(rar_model, z, max_rounds, steps, mode, callback, tile),
-                [t and t // f for t in tile_sizes(rar_model, h * f, w * f)])
-        return io.NodeOutput(L.from_z(rar_model, z, latent), max(rounds), trace_json(rounds, trace, tiles),
-                             ui=ui.PreviewText(summary(rounds, trace)))
+        bar = Progress(rar_model, max_rounds, steps, (h, w), cls.hidden.unique_id if cls.hidden is not None else None)
+
+        def work():
+            with torch.inference_mode():
+                return rar_model.model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=bar.callback,
+                                           on_tile=bar.on_tile)
+
+        with rar_model.staged_loading(2 * b, *size):
+            res = with_oom_fallback(rar_model.model, work)
+        return io.NodeOutput(L.from_z(rar_model, res.latent, latent), max(res.rounds),
+                             trace_json(res.rounds, res.trace, res.tiles),
+                             ui=ui.PreviewText(summary(res.rounds, res.trace, res.tiles)))
 
 
 def _select(latent: dict, idx: list[int]) -> dict:
@@ -281,22 +287,27 @@ class RARRestoreImage(io.ComfyNode):
         if rar_model.official:
             L.check_vae(rar_model, vae)
         b, _, h, w = x.shape
-        device = rar_model.prepare(2 * b, h, w, parts=("restorer",))
-        callback = progress(rar_model, max_rounds, cls.hidden.unique_id if cls.hidden is not None else None)
+        size = work_size(rar_model, h, w)
+        device = rar_model.prepare(2 * b, *size, parts=("restorer",))
+        m = rar_model.config.pixel_multiple
+        f = rar_model.config.codec.downsample
+        latent_hw = (-(-h // m) * m // f, -(-w // m) * m // f)
+        bar = Progress(rar_model, max_rounds, steps, latent_hw, cls.hidden.unique_id if cls.hidden is not None else None)
 
         # Exactly what `rar restore` runs; the official tier swaps in the user's SD3.5 VAE as codec.
         codec = vae_codec(rar_model, vae) if rar_model.official else {}
         x = x.to(mm.intermediate_device() if rar_model.official else device)
 
-        def work(tile):
-            res = restore_image(rar_model.model, x, max_rounds, steps, mode, tile=tile or max(h, w),
-                                callback=callback, **codec)
-            return res.image, res.rounds, res.trace, res.tiles
+        def work():
+            with torch.inference_mode():
+                return restore_image(rar_model.model, x, max_rounds, steps, mode, callback=bar.callback,
+                                     on_tile=bar.on_tile, **codec)
 
-        with torch.inference_mode(), rar_model.staged_loading(2 * b, h, w):
-            out, rounds, trace, tiles = with_tile_fallback(work, tile_sizes(rar_model, h, w))
-        return io.NodeOutput(out.movedim(1, -1).float().to(mm.intermediate_device()),
-                             trace_json(rounds, trace, tiles), ui=ui.PreviewText(summary(rounds, trace)))
+        with rar_model.staged_loading(2 * b, *size):
+            res = with_oom_fallback(rar_model.model, work)
+        return io.NodeOutput(res.image.movedim(1, -1).float().to(mm.intermediate_device()),
+                             trace_json(res.rounds, res.trace, res.tiles),
+                             ui=ui.PreviewText(summary(res.rounds, res.trace, res.tiles)))
 
 
 def vae_codec(handle: RARHandle, vae) -> dict:

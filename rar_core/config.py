@@ -131,6 +131,11 @@ class UIRConfig:
     qk_norm: str | None = "rms_norm"
     flow_shift: float = 1.0
     steps: int = 4
+    # The restorer runs on overlapping latent windows of at most `tile` x `tile` patches, the size
+    # it was trained at (compact: 256 px crops = 64 latent px = 16 patches of 4; official: 256 px =
+    # 32 SD3 latent px = 16 patches of 2), overlapping by `tile_overlap` patches; 0: whole latent.
+    tile: int = 16
+    tile_overlap: int = 4
 
     @property
     def width(self) -> int:
@@ -203,6 +208,10 @@ class RARConfig:
         return RARConfig(**kwargs)
 
 
+# The LQA's image tokens a side at training (256 px crops, both tiers): lqa_view = this * A_I patch.
+LQA_TOKENS_A_SIDE = 16
+
+
 def compact() -> RARConfig:
     # lqa_view 64 latent px = 256 px, the largest crop the compact LQA trains on
     return RARConfig(verify_orders=2, lqa_view=64)
@@ -216,7 +225,12 @@ def compact_wide() -> RARConfig:
 
 
 def sd35m() -> RARConfig:
-    """Official sizes (rar-official-layout.md): SD3 latent, MMDiT-X 24x1536, Vicuna-7B, 1024-wide adapters."""
+    """Official sizes (rar-official-layout.md): SD3 latent, MMDiT-X 24x1536, Vicuna-7B, 1024-wide adapters.
+
+    The LQA sees at most the 256 image tokens it was trained on (256 px: a 16 x 16 grid of A_I's
+    2 x 2 latent patches): `lqa_view` = 16 * adapter patch.
+    """
+    adapter = AdapterConfig(patch=2, width=1024, layers=12, heads=16)
     return RARConfig(
         name="sd35m",
         codec=CodecConfig(
@@ -229,7 +243,7 @@ def sd35m() -> RARConfig:
             scale=1.5305,
             sample_posterior=True,
         ),
-        adapter=AdapterConfig(patch=2, width=1024, layers=12, heads=16),
+        adapter=adapter,
         lm=LMConfig(
             vocab_size=32000,
             hidden_size=4096,
@@ -264,6 +278,7 @@ def sd35m() -> RARConfig:
             steps=4,
         ),
         labels=OFFICIAL_LABELS,
+        lqa_view=LQA_TOKENS_A_SIDE * adapter.patch,
     )
 
 

@@ -2,7 +2,7 @@
 
 Images in the core are float tensors [B, 3, H, W] in [0, 1]. Reading handles what real folders
 contain (grayscale, palette, RGBA, 16-bit, EXIF rotation); sizes that the codec cannot take are
-padded by reflection and cropped back; very large images go through overlapping tiles.
+padded by reflection and cropped back (large images: tiling.py).
 """
 
 from __future__ import annotations
@@ -214,57 +214,6 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> tuple[torch.Tensor, t
         mode = "reflect" if ph < h and pw < w else "replicate"
         image = F.pad(image, (0, pw, 0, ph), mode=mode)
     return image, (h, w)
-
-
-def tile_process(
-    image: torch.Tensor,
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    tile: int = 512,
-    overlap: int = 64,
-    multiple: int = 16,
-) -> torch.Tensor:
-    """Run `fn` on overlapping tiles of [B,3,H,W] and blend them with linear feathering.
-
-    Tiles are at most `tile` pixels and aligned to `multiple`; the feather weights ramp across
-    the overlap so seams between independently restored tiles do not show.
-    """
-    B, C, H, W = image.shape
-    if H <= tile and W <= tile:
-        return fn(image)
-    if overlap * 2 >= tile:
-        raise ValueError(f"overlap {overlap} must be less than half the tile size {tile}")
-    out = torch.zeros_like(image)
-    weight = torch.zeros(1, 1, H, W, dtype=image.dtype, device=image.device)
-
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        step = tile - overlap
-        s = list(range(0, n - tile, step)) + [n - tile]
-        return sorted(set(s))
-
-    for y in starts(H):
-        for x in starts(W):
-            th, tw = min(tile, H - y), min(tile, W - x)
-            patch = image[:, :, y : y + th, x : x + tw]
-            padded, (ph, pw) = pad_to_multiple(patch, multiple)
-            result = fn(padded)[:, :, :ph, :pw]
-            wy = _ramp(th, overlap, y > 0, y + th < H, image)
-            wx = _ramp(tw, overlap, x > 0, x + tw < W, image)
-            w = (wy[:, None] * wx[None, :])[None, None]
-            out[:, :, y : y + th, x : x + tw] += result * w
-            weight[:, :, y : y + th, x : x + tw] += w
-    return out / weight.clamp_min(1e-8)
-
-
-def _ramp(n: int, overlap: int, left: bool, right: bool, like: torch.Tensor) -> torch.Tensor:
-    r = torch.ones(n, dtype=like.dtype, device=like.device)
-    ramp = torch.linspace(0, 1, overlap + 2, dtype=like.dtype, device=like.device)[1:-1]
-    if left:
-        r[:overlap] = ramp
-    if right:
-        r[n - overlap :] = torch.minimum(r[n - overlap :], ramp.flip(0))
-    return r
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:

@@ -5,6 +5,9 @@
     -> D(z)
 
 This file is the only place that knows the order; the CLI and the ComfyUI nodes call it.
+At any image size there is one decision per image: the LQA assesses and verifies a bounded view
+of the whole latent (`lqa_view`), the restorer's velocity and the codec run on overlapping tiles
+of the sizes they were trained at (tiling.py), and the gate keeps or rolls back the whole latent.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import prompts
+from . import prompts, tiling
 from .codec import LatentCodec
 from .config import RARConfig
 from .connector import QualityAdapter
@@ -24,6 +27,7 @@ from .lqa import LQA, Answer
 from .uir import FlowEuler, Restorer
 
 MODES = ("adaptive", "fixed", "once")
+OnTile = tiling.OnTile
 
 
 class LatentError(ValueError):
@@ -45,7 +49,8 @@ class Assessment:
 class LoopResult:
     latent: torch.Tensor
     rounds: list[int]  # accepted restorations per item
-    trace: list[list[dict]] = field(default_factory=list)  # per item, per round
+    trace: list[list[dict]] = field(default_factory=list)  # per item, per round (the whole latent)
+    tiles: int = 1  # restorer windows per item and Euler step
 
 
 class RAR(nn.Module):
@@ -67,6 +72,10 @@ class RAR(nn.Module):
         self.lqa = LQA(config.adapter, config.lm, c)
         self.connector = QualityAdapter(config.connector, config.lm.hidden_size)
         self.uir = Restorer(config.uir, c, config.connector)
+        # Host settings, not model properties: windows per restorer forward, and the largest
+        # image side (px) the codec encodes or decodes in one piece (memory grows with its area).
+        self.tile_batch = 8
+        self.codec_tile = 512
 
     # ----- helpers ---------------------------------------------------------------------
     @property
@@ -95,17 +104,32 @@ class RAR(nn.Module):
         if not torch.isfinite(z).all():
             raise LatentError("latent contains NaN or infinite values; the input or the codec produced invalid numbers")
 
-    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None,
+               on_tile: OnTile | None = None) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> z, in `codec_tile` px tiles above that size."""
         if self.codec is None:
             raise RuntimeError("this RAR model has no codec of its own; encode with the SD3.5 VAE")
         self._enter("encode")
-        return self.codec.encode(image.to(self._device_of(self.codec), self._dtype(self.codec)), generator).float()
+        f = self.config.codec.downsample
+        x = image.to(self._device_of(self.codec), self._dtype(self.codec))
+        return tiling.blend(x, lambda t, _: self.codec.encode(t, generator), *self._codec_grid(f),
+                            multiple=f, scale=1 / f, batch=1, on_tile=on_tile).float()
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, on_tile: OnTile | None = None) -> torch.Tensor:
+        """z -> [B,3,H,W] in [0,1], in `codec_tile` px tiles above that size."""
         if self.codec is None:
             raise RuntimeError("this RAR model has no codec of its own; decode with the SD3.5 VAE")
         self._enter("decode")
-        return self.codec.decode(z.to(self._device_of(self.codec), self._dtype(self.codec))).float()
+        f = self.config.codec.downsample
+        tile, overlap = (n // f for n in self._codec_grid(f))
+        z = z.to(self._device_of(self.codec), self._dtype(self.codec))
+        return tiling.blend(z, lambda t, _: self.codec.decode(t), tile, overlap, scale=f, batch=1,
+                            on_tile=on_tile).float()
+
+    def _codec_grid(self, f: int) -> tuple[int, int]:
+        """(tile, overlap) in px for the codec: an eighth of the tile overlaps, on the latent grid."""
+        tile = max(self.codec_tile // (8 * f) * 8 * f, 8 * f)
+        return tile, tile // 8
 
     @staticmethod
     def _dtype(module: nn.Module) -> torch.dtype:
@@ -130,15 +154,44 @@ class RAR(nn.Module):
         a = self.lqa.identify(self.lqa_view(z).to(self._device_of(self.lqa)), self.config.labels, question, free)
         return Assessment(a.text, a.hidden)
 
+    def restore_tiles(self, h: int, w: int) -> tuple[int, int]:
+        """(tile, overlap) of the restorer's windows over an h x w latent, in latent px."""
+        p, uir = self.config.uir.patch_size, self.config.uir
+        if not uir.tile:
+            return max(h, w), 0
+        tile = min(uir.tile, uir.pos_embed_max_size)  # never beyond the position grid
+        return tile * p, min(uir.tile_overlap, (tile - 1) // 2) * p
+
+    def restore_grid(self, h: int, w: int) -> tiling.Grid:
+        return tiling.Grid.over(h, w, *self.restore_tiles(h, w), self.config.uir.patch_size)
+
     @torch.no_grad()
-    def restore(self, z: torch.Tensor, assessment: Assessment, steps: int | None = None) -> torch.Tensor:
-        """A_Q(assessment) -> conditioning; K Euler steps of the degraded->clean flow from z."""
+    def restore(self, z: torch.Tensor, assessment: Assessment, steps: int | None = None,
+                on_tile: OnTile | None = None) -> torch.Tensor:
+        """A_Q(assessment) -> one conditioning per item; K Euler steps of the degraded->clean flow
+        from z. Each step's velocity is computed on the restorer's windows (`tile_batch` per
+        forward, each window with its item's conditioning) and blended, so all windows follow one
+        trajectory. `on_tile(done, total)` counts windows x steps."""
         self.check_latent(z)
         self._enter("restore")
         device = self._device_of(self.uir)
         context, pooled = self.connector.condition([h.to(device) for h in assessment.hidden])
-        flow = FlowEuler(steps or self.config.uir.steps, self.config.uir.flow_shift)
-        return flow.sample(lambda x, s: self.uir(x, s, context, pooled), z.to(device).float())
+        k = steps or self.config.uir.steps
+        flow = FlowEuler(k, self.config.uir.flow_shift)
+        tile, overlap = self.restore_tiles(*z.shape[-2:])
+        n = len(self.restore_grid(*z.shape[-2:]))
+        step = [0]
+
+        def tick(done: int, total: int) -> None:
+            if on_tile is not None:
+                on_tile(step[0] * n + done, k * n)
+            step[0] += done == total
+
+        def velocity(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            return tiling.blend(x, lambda t, i: self.uir(t, s[i], context[i], pooled[i]), tile, overlap,
+                                multiple=self.config.uir.patch_size, batch=self.tile_batch, on_tile=tick)
+
+        return flow.sample(velocity, z.to(device).float())
 
     @torch.no_grad()
     def verify(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> tuple[torch.Tensor, list[str]]:
@@ -180,13 +233,16 @@ class RAR(nn.Module):
         steps: int | None = None,
         mode: str = "adaptive",
         callback: Callable[[int, torch.Tensor], None] | None = None,
+        on_tile: OnTile | None = None,
     ) -> LoopResult:
         """Repeat identify -> condition -> restore -> verify per item until rejected or max_rounds.
 
         adaptive: re-assess every round, stop at the first rejection and keep the previous latent.
         fixed:    re-assess every round, no verification, exactly max_rounds restorations.
         once:     assess once (the official "offline" mode), then restore with the verify gate.
-        `callback(round, z)` runs after every round (progress, previews, interrupts).
+        `callback(round, z)` runs after every round (progress, previews, interrupts);
+        `on_tile(done, total)` during each restoration, per batch of restorer windows (`restore`),
+        so a host can show finer progress and stop between tiles by raising.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -205,7 +261,7 @@ class RAR(nn.Module):
             if assessment is None or mode != "once":
                 assessment = self.assess(z[active])
             t1 = time.perf_counter()
-            z_new = self.restore(z[active], assessment, steps).to(z.device)
+            z_new = self.restore(z[active], assessment, steps, on_tile=on_tile).to(z.device)
             t2 = time.perf_counter()
             if mode == "fixed":
                 improved, verdict = torch.ones(len(active), dtype=torch.bool), ["not verified"] * len(active)
@@ -236,15 +292,15 @@ class RAR(nn.Module):
                 callback(n, z)
             if not active:
                 break
-        return LoopResult(z, rounds, trace)
+        return LoopResult(z, rounds, trace, tiles=len(self.restore_grid(*z.shape[-2:])))
 
 
 @dataclass
 class ImageResult:
     image: torch.Tensor  # [B,3,H,W] in [0,1], the input's size
     rounds: list[int]
-    trace: list[list[dict]]
-    tiles: int = 1
+    trace: list[list[dict]]  # per item, one record per round for the whole image
+    tiles: int = 1  # restorer windows per item
 
 
 @torch.no_grad()
@@ -255,43 +311,44 @@ def restore_image(
     steps: int | None = None,
     mode: str = "adaptive",
     seed: int = 0,
-    tile: int = 1024,
-    overlap: int = 64,
+    tile: int | None = None,
+    overlap: int | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_tile: OnTile | None = None,
 ) -> ImageResult:
-    """Image in, restored image out: pad, encode, loop, decode once, crop; tiles above `tile` px.
+    """Image in, restored image out: pad, encode, loop on the whole latent, decode, crop.
 
-    `encode` (image -> normalised z) and `decode` default to the model's own codec; the official
-    tier passes the SD3.5 VAE's.
-
-    With tiles, each tile runs its own loop (and may stop at its own round); the trace and round
-    count reported are those of the first tile plus the number of tiles. An item whose first
-    round was rejected gets its input pixels back: rolling back to the input must not cost a
-    codec round trip.
+    `encode` (image -> normalised z) and `decode` default to the model's own codec, which works
+    in tiles of at most `tile` px a side (default `model.codec_tile`; `overlap` is accepted for
+    old callers and ignored: the codec's overlap is an eighth of its tile). The official tier
+    passes the SD3.5 VAE's. The restorer's windows are the model's (`RAR.restore`); `tiles` in
+    the result counts them. `on_tile(done, total)` runs between the codec's tiles and the
+    restorer's (whose total is windows x steps). An item whose first round was rejected gets its input pixels back:
+    rolling back to the input must not cost a codec round trip.
     """
-    from .image import check_image_tensor, check_size, pad_to_multiple, tile_process, to_rgb
+    from .image import check_image_tensor, check_size, pad_to_multiple, to_rgb
 
     check_image_tensor(image)
+    del overlap
     image = to_rgb(image.float())
     check_size(image.shape[-2], image.shape[-1])
     if not torch.isfinite(image).all():
         raise LatentError("image contains NaN or infinite values")
-    multiple = model.config.pixel_multiple
-    results: list[LoopResult] = []
-
-    def one(x: torch.Tensor) -> torch.Tensor:
-        padded, (h, w) = pad_to_multiple(x, multiple)
+    padded, (h, w) = pad_to_multiple(image, model.config.pixel_multiple)
+    saved = model.codec_tile
+    if tile:
+        model.codec_tile = tile
+    try:
         if encode is None:
-            z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed))
+            z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed), on_tile=on_tile)
         else:
             z = encode(padded)
-        res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback)
-        results.append(res)
-        out = (decode or model.decode)(res.latent)[:, :, :h, :w].to(x.device, x.dtype)
-        kept = torch.tensor([r == 0 for r in res.rounds], device=x.device)
-        return torch.where(kept[:, None, None, None], x, out)
-
-    out = tile_process(image, one, tile=tile, overlap=overlap, multiple=multiple)
-    return ImageResult(out.cpu(), results[0].rounds, results[0].trace, tiles=len(results))
+        res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback, on_tile=on_tile)
+        out = model.decode(res.latent, on_tile=on_tile) if decode is None else decode(res.latent)
+        out = out[:, :, :h, :w].to(image.device, image.dtype)
+    finally:
+        model.codec_tile = saved
+    kept = torch.tensor([r == 0 for r in res.rounds], device=image.device)
+    return ImageResult(torch.where(kept[:, None, None, None], image, out).cpu(), res.rounds, res.trace, res.tiles)

@@ -66,7 +66,7 @@ class Script:
             text = ["Image A" if ok else "Image B" for ok in improved]
             return torch.tensor(improved), text
 
-        def fake_restore(model, z, assessment, steps=None):
+        def fake_restore(model, z, assessment, steps=None, on_tile=None):
             script.restore_calls.append(item_ids(z))
             assert len(assessment.answer) == z.shape[0] == len(assessment.hidden)
             return z + 1.0
@@ -165,7 +165,7 @@ def test_assess_once_first_item_drops_out(tiny_model, monkeypatch):
     script = Script({0: [False], 1: [True, True]}).install(monkeypatch)
     seen = []
 
-    def restore(model, z, assessment, steps=None):
+    def restore(model, z, assessment, steps=None, on_tile=None):
         seen.append((item_ids(z), list(assessment.answer), [h.shape[0] for h in assessment.hidden]))
         return z + 1.0
 
@@ -361,7 +361,8 @@ def test_lqa_view_assesses_and_verifies_the_central_window(tiny_model, sharpen, 
     monkeypatch.setattr(tiny_model.config, "lqa_view", 0)
     assert tiny_model.lqa_view(z) is z
     # the setting travels with the model file; files written before it look at the whole latent
-    assert RARConfig.preset("compact").lqa_view == 64 and RARConfig.preset("sd35m").lqa_view == 0
+    # both presets: 16 x 16 A_I patches, the 256 px crops the LQAs were trained on
+    assert RARConfig.preset("compact").lqa_view == 64 and RARConfig.preset("sd35m").lqa_view == 32
     cfg = RARConfig.preset("compact")
     assert RARConfig.from_json(cfg.to_json()).lqa_view == 64
     raw = json.loads(cfg.to_json())

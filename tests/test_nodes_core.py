@@ -66,11 +66,12 @@ def test_run_reports_rounds_trace_and_calls_back(tiny_model):
 
 
 def test_restore_image_keeps_size_and_tiles(tiny_model):
-    x = torch.rand(1, 3, 45, 70)
+    x = torch.rand(1, 3, 45, 60)  # one restorer window (32 latent px a side for the tiny model)
     res = restore_image(tiny_model, x, max_rounds=1, steps=1, mode="fixed")
     assert res.image.shape == x.shape and res.tiles == 1 and res.rounds == [1]
+    x = torch.rand(1, 3, 90, 140)
     res = restore_image(tiny_model, x, max_rounds=1, steps=1, mode="fixed", tile=32, overlap=8)
-    assert res.image.shape == x.shape and res.tiles > 1
+    assert res.image.shape == x.shape and res.tiles > 1 and len(res.trace[0]) == 1
 
 
 def test_image_helpers_used_by_nodes():

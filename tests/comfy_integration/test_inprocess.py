@@ -108,30 +108,31 @@ def test_loop_loads_one_part_per_stage(pack, monkeypatch):
     assert handle.model.stage_hook is None  # the hook never outlives the node
 
 
-def _oom_above(model, monkeypatch, side):
-    """Make RAR.run raise a CUDA-style OOM for latents larger than `side`."""
+def _oom_with_batched_tiles(model, monkeypatch):
+    """Make RAR.run raise a CUDA-style OOM unless the restorer takes one tile per forward."""
     real = model.run
 
     def run(z, **kw):
-        if max(z.shape[-2:]) > side:
+        if model.tile_batch > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(z, **kw)
     monkeypatch.setattr(model, "run", run)
 
 
-def test_loop_falls_back_to_tiles_on_oom(pack, monkeypatch):
+def test_loop_retries_one_tile_per_forward_on_oom(pack, monkeypatch):
     handle = load(pack)
     image = torch.rand(1, 640, 576, 3)
     latent = node(pack, "RARLatentEncode").execute(handle, image)[0]
-    _oom_above(handle.model, monkeypatch, 512 // handle.config.codec.downsample)
+    _oom_with_batched_tiles(handle.model, monkeypatch)
+    batch = handle.model.tile_batch
     out = node(pack, "RARLoop").execute(handle, latent, 2, 2, "fixed")
     assert out[0]["samples"].shape == latent["samples"].shape
-    assert json.loads(out[2])[0]["tiles"] > 1
+    assert json.loads(out[2])[0]["tiles"] > 1 and handle.model.tile_batch == batch
 
 
-def test_restore_image_falls_back_to_tiles_on_oom(pack, monkeypatch):
+def test_restore_image_retries_one_tile_per_forward_on_oom(pack, monkeypatch):
     handle = load(pack)
-    _oom_above(handle.model, monkeypatch, 256 // handle.config.codec.downsample)
+    _oom_with_batched_tiles(handle.model, monkeypatch)
     image, trace = node(pack, "RARRestoreImage").execute(handle, torch.rand(2, 300, 280, 3), 1, 2, "fixed")[:2]
     assert image.shape == (2, 300, 280, 3)
     assert json.loads(trace)[0]["tiles"] > 1
@@ -258,3 +259,34 @@ def test_example_image_is_installed_but_never_overwrites(pack, tmp_path):
         pack.install_example_image()  # cannot write there: logs, never raises
     finally:
         folder_paths.set_input_directory(before)
+
+
+def test_one_progress_bar_over_rounds_and_tiles_and_cancel_between_tiles(pack, monkeypatch):
+    """RAR Restore Image on a multi-tile image: one bar counting rounds x tiles x steps, never
+    restarting; an interrupt raised between tiles stops the node before the next tile."""
+    import comfy.model_management as mm
+    import comfy.utils
+    handle = load(pack)
+    bars = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
+                        lambda value, total, preview, node_id=None: bars.append((value, total)))
+    _, trace = node(pack, "RARRestoreImage").execute(handle, torch.rand(1, 300, 280, 3), 2, 2, "fixed")[:2]
+    tiles = json.loads(trace)[0]["tiles"]
+    assert tiles > 1
+    assert {t for _, t in bars} == {2 * 2 * tiles}  # max_rounds x steps x tiles, one total
+    values = [v for v, _ in bars]
+    assert values == sorted(values) and values[-1] == 2 * 2 * tiles and len(set(values)) > 2  # finer than rounds
+
+    checks = []
+
+    def interrupt():
+        checks.append(1)
+        if len(checks) == 5:
+            raise mm.InterruptProcessingException()
+    monkeypatch.setattr(mm, "throw_exception_if_processing_interrupted", interrupt)
+    forwards = []
+    real = handle.model.uir.forward
+    monkeypatch.setattr(handle.model.uir, "forward", lambda *a: forwards.append(1) or real(*a))
+    with pytest.raises(mm.InterruptProcessingException):
+        node(pack, "RARRestoreImage").execute(handle, torch.rand(1, 300, 280, 3), 2, 2, "fixed")
+    assert len(forwards) < 2 * 2 * tiles  # stopped inside the first rounds, between tiles
