@@ -131,10 +131,12 @@ class UIRConfig:
     qk_norm: str | None = "rms_norm"
     flow_shift: float = 1.0
     steps: int = 4
-    # The restorer runs on overlapping latent windows of at most `tile` x `tile` patches, the size
-    # it was trained at (compact: 256 px crops = 64 latent px = 16 patches of 4; official: 256 px =
-    # 32 SD3 latent px = 16 patches of 2), overlapping by `tile_overlap` patches; 0: whole latent.
-    tile: int = 16
+    # The restorer runs on overlapping latent windows of at most `tile` x `tile` patches,
+    # overlapping by `tile_overlap` patches (0: the whole latent). Compact: 32 patches of 4 = 512
+    # px, the size the bench validated it at (BENCHMARKS.md, experiment "lqa view"); a 512 px image
+    # stays one window, where 256 px windows would cost 2.2x the tokens (4.4 s against 3.0 s on 2
+    # cores). The official preset sets 16, its 256 px training size.
+    tile: int = 32
     tile_overlap: int = 4
 
     @property
@@ -272,6 +274,7 @@ def sd35m() -> RARConfig:
             attention_head_dim=64,
             num_attention_heads=24,
             pos_embed_max_size=384,
+            tile=16,  # 256 px = 32 SD3 latent px, the size the official restorer trains at
             dual_attention_layers=tuple(range(13)),
             qk_norm="rms_norm",
             flow_shift=3.0,

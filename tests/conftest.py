@@ -73,6 +73,7 @@ def make_tiny_config(**overrides) -> RARConfig:
             pos_embed_max_size=32,
             flow_shift=1.0,
             steps=2,
+            tile=16,  # 32 latent px windows: the tiling tests cut small latents into several
         ),
     )
     for key, value in overrides.items():
