@@ -29,7 +29,7 @@ from .model import RARHandle, is_oom
 from .types import CATEGORY, RarModel
 from .types import TIPS
 
-ITERATE_MAX_ROUNDS = 32  # expansion overhead grows quadratically with depth (comfyui.md §2.6)
+ITERATE_MAX_ROUNDS = 32  # each round expands the graph again: ComfyUI's expansion overhead grows quadratically with depth
 LOOP_MAX_ROUNDS = 100
 PREVIEW_LATENT_SIDE = 32  # previews decode a latent pooled to at most this many latent pixels a side
 STATE = "rar_iterate_state"  # private key: RAR Iterate's loop state, carried inside the latent dict between rounds

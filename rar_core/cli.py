@@ -24,7 +24,7 @@ from . import __version__
 from .config import PRESETS
 
 MAX_ROUNDS = 100  # --max-rounds bound for every mode: fixed mode runs all of them, one restore each
-MIN_TILE = 256  # tiles overlap by 64 px (loop.restore_image): tile_process needs > 128, 256 keeps tiles mostly non-overlap
+MIN_TILE = 256  # the codec's tiles overlap by an eighth: below 256 px the overlaps cost more than they save
 
 # Subcommands defined in their own modules: name -> (module, help). The help is repeated here so
 # `rar --help` lists them without importing them.
@@ -305,7 +305,7 @@ def cmd_restore(args) -> int:
                 "rounds": res.rounds[0],
                 "tiles": res.tiles,
                 "seconds": _ms(time.perf_counter() - t),
-                "trace": [{**r, "seconds": {k: _ms(v) for k, v in r["seconds"].items()}} for r in res.trace[0]],
+                "trace": res.trace[0],
             }
             if not args.quiet:
                 answers = " -> ".join(r["answer"] for r in res.trace[0] if r["accepted"]) or "kept input"
@@ -422,8 +422,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--mode", choices=("adaptive", "fixed", "once"), default="adaptive")
     r.add_argument("--trace", help="write the per-round trace as JSON (also for the finished images after Ctrl-C)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--tile", type=int, default=1024,
-                   help=f"images larger than this are restored in tiles (at least {MIN_TILE}; default 1024)")
+    r.add_argument("--tile", type=int, default=None,
+                   help=f"side in px of the codec's tiles on larger images, at least {MIN_TILE} (default: the model's, "
+                        "512); smaller uses less memory. The restorer's windows and the LQA's view are the model's")
     r.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     existing = r.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true",

@@ -278,7 +278,8 @@ class RAR(nn.Module):
                         "answer": assessment.answer[j],
                         "verdict": verdict[j],
                         "accepted": ok,
-                        "seconds": {"assess": t1 - t0, "restore": t2 - t1, "verify": t3 - t2},
+                        "seconds": {"assess": round(t1 - t0, 3), "restore": round(t2 - t1, 3),
+                                    "verify": round(t3 - t2, 3)},  # milliseconds are all a reader uses
                     }
                 )
                 if ok:
