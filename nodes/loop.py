@@ -210,6 +210,9 @@ class RARIterate(io.ComfyNode):
                      "assessment": None}
         else:
             latent, state = cls._merge(latent, state, round_latent, round_answer, round_verdict, round_assessment, mode)
+        # One bar per run: each expansion reports the rounds done so far (ComfyUI shows an expanded
+        # node's progress on the RAR Iterate node the user placed), with a preview of the latent.
+        comfy.utils.ProgressBar(max_rounds).update_absolute(state["round"], max_rounds, preview(rar_model, latent["samples"]))
         if not state["active"] or state["round"] >= max_rounds:
             return io.NodeOutput(latent, max(state["rounds"]), trace_json(state["rounds"], state["trace"]),
                                  ui=ui.PreviewText(summary(state["rounds"], state["trace"])))

@@ -290,3 +290,16 @@ def test_one_progress_bar_over_rounds_and_tiles_and_cancel_between_tiles(pack, m
     with pytest.raises(mm.InterruptProcessingException):
         node(pack, "RARRestoreImage").execute(handle, torch.rand(1, 300, 280, 3), 2, 2, "fixed")
     assert len(forwards) < 2 * 2 * tiles  # stopped inside the first rounds, between tiles
+
+
+def test_iterate_reports_its_rounds_on_one_progress_bar(pack, monkeypatch):
+    """RAR Iterate reports rounds done / max_rounds with a preview each time it expands or ends."""
+    import comfy.utils
+    handle = load(pack)
+    bars = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
+                        lambda value, total, preview, node_id=None: bars.append((value, total, preview is not None)))
+    latent = node(pack, "RARLatentEncode").execute(handle, torch.rand(1, 64, 64, 3))[0]
+    out = node(pack, "RARIterate").execute(handle, latent, 3, 2, "adaptive")
+    assert out.expand is not None  # the first call expands round 1
+    assert bars == [(0, 3, True)]

@@ -25,7 +25,8 @@ def tiny_config(official: bool = False):
         lm=LMConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
         connector=ConnectorConfig(hidden_dim=32, layers=1, heads=2, num_query_tokens=4, num_input_tokens=64,
                                   clip_l_dim=16, clip_g_dim=16, t5_dim=32, pool_heads=2),
-        uir=UIRConfig(num_layers=1, attention_head_dim=16, num_attention_heads=2, pos_embed_max_size=64),
+        uir=UIRConfig(num_layers=1, attention_head_dim=16, num_attention_heads=2, pos_embed_max_size=64,
+                      tile=16),  # small windows, so small test images take several
     )
 
 
