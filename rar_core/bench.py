@@ -747,11 +747,11 @@ def render(res: dict, report_dir: Path) -> tuple[str, str]:
         L += [f"> **Reduced run** (`--limit {meta['limit']}`): {meta['n_images']} of the {meta['n_available']} eval images, "
               f"round-robin over the classes; {meta['per_single']} image(s) per single degradation. Small per-class "
               "samples: read the per-class numbers as indications, not measurements.", ""]
-    L += [f"Model `{meta['model']}` ({meta['model_mb']:.1f} MB, config `{meta['config_name']}`"
+    L += [f"Model `{_shown(meta['model'])}` ({meta['model_mb']:.1f} MB, config `{meta['config_name']}`"
           + (f", stage `{meta['stage']}`" if meta.get("stage") else "") + f"); {meta['date']}; "
           f"{meta['machine']}, torch {meta['torch']} with {meta['threads']} thread(s); "
           f"bench wall time {meta['wall_s'] / 60:.1f} min.", "",
-          f"Evaluation set: {meta['n_images']} `eval` images of `{meta['data']}/manifest.json` (never trained on), "
+          f"Evaluation set: {meta['n_images']} `eval` images of `{_shown(meta['data'])}/manifest.json` (never trained on), "
           f"centre crops of {meta['size']}x{meta['size']} (Lanczos). Samples (seed {meta['seed']}): per MiO100 group "
           f"A/B/C every image gets combo `i % len(group)` at severities {GROUP_SEVERITIES[0]}..{GROUP_SEVERITIES[1]}; "
           f"each single degradation on {meta['per_single']} images at severity {SINGLE_SEVERITY} "
@@ -938,6 +938,14 @@ def render_broadened(res: dict) -> list[str]:
                           f"{_f(v['better_accepted'] and 100 * v['better_accepted'], '{:.0f}%', 'n/a')} of {v['better_n']}"])
         L += _table(["rounds of", "tried", "accepted", f">= {GATE_DB} dB worse: rejected", f">= {GATE_DB} dB better: accepted"], grows)
     return L
+
+
+def _shown(path: str) -> str:
+    """A path as the report shows it: relative to the repository when inside it, else its name (a
+    report must not carry one machine's folders)."""
+    p = Path(path).resolve()
+    root = Path(__file__).resolve().parent.parent
+    return str(p.relative_to(root)) if p.is_relative_to(root) else p.name
 
 
 def cause(name: str) -> str:
