@@ -117,6 +117,20 @@ def with_oom_fallback(model, work):
         model.tile_batch = saved
 
 
+def loop_settings(max_rounds: int) -> list:
+    """The widgets every loop node shares, in their shipped order: max_rounds, steps, mode."""
+    return [io.Int.Input("max_rounds", default=4, min=1, max=max_rounds, tooltip=TIPS["max_rounds"].format(max=max_rounds)),
+            io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
+            io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"])]
+
+
+def loop_outputs() -> list:
+    """RAR Loop's and RAR Iterate's outputs (fresh objects: a schema owns its outputs)."""
+    return [io.Latent.Output(tooltip=TIPS["latent_out"]),
+            io.Int.Output(display_name="rounds", tooltip=TIPS["rounds"]),
+            io.String.Output(display_name="trace", tooltip=TIPS["trace"])]
+
+
 class RARLoop(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -127,14 +141,9 @@ class RARLoop(io.ComfyNode):
             inputs=[
                 RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
                 io.Latent.Input("latent", tooltip=TIPS["latent"]),
-                io.Int.Input("max_rounds", default=4, min=1, max=LOOP_MAX_ROUNDS,
-                             tooltip=TIPS["max_rounds"].format(max=LOOP_MAX_ROUNDS)),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
-                io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"]),
+                *loop_settings(LOOP_MAX_ROUNDS),
             ],
-            outputs=[io.Latent.Output(tooltip=TIPS["latent_out"]),
-                     io.Int.Output(display_name="rounds", tooltip=TIPS["rounds"]),
-                     io.String.Output(display_name="trace", tooltip=TIPS["trace"])],
+            outputs=loop_outputs(),
             hidden=[io.Hidden.unique_id],
         )
 
@@ -182,14 +191,9 @@ class RARIterate(io.ComfyNode):
             inputs=[
                 RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
                 io.Latent.Input("latent", tooltip=TIPS["latent"]),
-                io.Int.Input("max_rounds", default=4, min=1, max=ITERATE_MAX_ROUNDS,
-                             tooltip=TIPS["max_rounds"].format(max=ITERATE_MAX_ROUNDS)),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
-                io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"]),
+                *loop_settings(ITERATE_MAX_ROUNDS),
             ],
-            outputs=[io.Latent.Output(tooltip=TIPS["latent_out"]),
-                     io.Int.Output(display_name="rounds", tooltip=TIPS["rounds"]),
-                     io.String.Output(display_name="trace", tooltip=TIPS["trace"])],
+            outputs=loop_outputs(),
             enable_expand=True,
         )
 
@@ -273,10 +277,7 @@ class RARRestoreImage(io.ComfyNode):
             inputs=[
                 RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
                 io.Image.Input("image", tooltip=TIPS["image"]),
-                io.Int.Input("max_rounds", default=4, min=1, max=LOOP_MAX_ROUNDS,
-                             tooltip=TIPS["max_rounds"].format(max=LOOP_MAX_ROUNDS)),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
-                io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"]),
+                *loop_settings(LOOP_MAX_ROUNDS),
                 io.Vae.Input("vae", optional=True, tooltip=TIPS["vae"]),
             ],
             outputs=[io.Image.Output(tooltip="The restored image(s), the same size as the input."),
