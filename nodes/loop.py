@@ -23,6 +23,7 @@ from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import GraphBuilder
 
 from ..rar_core import prompts
+from ..rar_core.config import DEFAULT_ROUNDS, DEFAULT_STEPS, ROUNDS_LIMIT
 from ..rar_core.loop import MODES, restore_image
 from . import latent as L
 from .model import RARHandle, is_oom
@@ -30,7 +31,7 @@ from .types import CATEGORY, RarModel
 from .types import TIPS
 
 ITERATE_MAX_ROUNDS = 32  # each round expands the graph again: ComfyUI's expansion overhead grows quadratically with depth
-LOOP_MAX_ROUNDS = 100
+LOOP_MAX_ROUNDS = ROUNDS_LIMIT
 PREVIEW_LATENT_SIDE = 32  # previews decode a latent pooled to at most this many latent pixels a side
 STATE = "rar_iterate_state"  # private key: RAR Iterate's loop state, carried inside the latent dict between rounds
 
@@ -119,8 +120,9 @@ def with_oom_fallback(model, work):
 
 def loop_settings(max_rounds: int) -> list:
     """The widgets every loop node shares, in their shipped order: max_rounds, steps, mode."""
-    return [io.Int.Input("max_rounds", default=4, min=1, max=max_rounds, tooltip=TIPS["max_rounds"].format(max=max_rounds)),
-            io.Int.Input("steps", default=4, min=1, max=50, tooltip=TIPS["steps"]),
+    return [io.Int.Input("max_rounds", default=DEFAULT_ROUNDS, min=1, max=max_rounds,
+                         tooltip=TIPS["max_rounds"].format(max=max_rounds)),
+            io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=50, tooltip=TIPS["steps"]),
             io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"])]
 
 

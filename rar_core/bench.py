@@ -37,11 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from . import degrade as D
+from .config import DEFAULT_ROUNDS
 from .report import replace_section
 
 MARK_START = "<!-- rar bench -->"
 MARK_END = "<!-- /rar bench -->"
-MAX_ROUNDS = 4
+MAX_ROUNDS = DEFAULT_ROUNDS  # the loop as users run it
 PER_SINGLE = 4
 SINGLE_SEVERITY = 3
 GROUP_SEVERITIES = (2, 3)  # inclusive range for composite severities

@@ -21,9 +21,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import PRESETS
+from .config import DEFAULT_ROUNDS, DEFAULT_STEPS, PRESETS, ROUNDS_LIMIT
 
-MAX_ROUNDS = 100  # --max-rounds bound for every mode: fixed mode runs all of them, one restore each
 MIN_TILE = 256  # the codec's tiles overlap by an eighth: below 256 px the overlaps cost more than they save
 
 # Subcommands defined in their own modules: name -> (module, help). The help is repeated here so
@@ -60,8 +59,8 @@ class Parser(argparse.ArgumentParser):
 
 def check_options(args) -> None:
     """Ranges of the numeric options and the device, before a model is loaded."""
-    if getattr(args, "max_rounds", None) is not None and not 1 <= args.max_rounds <= MAX_ROUNDS:
-        raise CLIError(f"--max-rounds must be between 1 and {MAX_ROUNDS}, got {args.max_rounds}")
+    if getattr(args, "max_rounds", None) is not None and not 1 <= args.max_rounds <= ROUNDS_LIMIT:
+        raise CLIError(f"--max-rounds must be between 1 and {ROUNDS_LIMIT}, got {args.max_rounds}")
     if getattr(args, "steps", None) is not None and args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps} (leave it out for the model's default)")
     if getattr(args, "tile", None) is not None and args.tile < MIN_TILE:
@@ -417,8 +416,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+")
     r.add_argument("-o", "--output", required=True, help="output file (one input; .png .jpg .webp .bmp .tif) or folder")
     r.add_argument("--model", help="RAR .safetensors (default: the built-in compact model)")
-    r.add_argument("--max-rounds", type=int, default=4, help=f"at most this many rounds, 1 to {MAX_ROUNDS} (default 4)")
-    r.add_argument("--steps", type=int, default=None, help="Euler steps per round, at least 1 (default: the model's, 4)")
+    r.add_argument("--max-rounds", type=int, default=DEFAULT_ROUNDS,
+                   help=f"at most this many rounds, 1 to {ROUNDS_LIMIT} (default {DEFAULT_ROUNDS})")
+    r.add_argument("--steps", type=int, default=None, help=f"Euler steps per round, at least 1 (default: the model's, {DEFAULT_STEPS})")
     r.add_argument("--mode", choices=("adaptive", "fixed", "once"), default="adaptive")
     r.add_argument("--trace", help="write the per-round trace as JSON (also for the finished images after Ctrl-C)")
     r.add_argument("--seed", type=int, default=0)

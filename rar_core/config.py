@@ -286,3 +286,10 @@ def sd35m() -> RARConfig:
 
 
 PRESETS = {"compact": compact, "compact-wide": compact_wide, "sd35m": sd35m}
+
+# The loop's settings, read by the CLI, the nodes and the bench: the paper's 4 rounds of
+# `UIRConfig.steps` (4) Euler steps, and the most rounds any mode may run (fixed mode restores
+# every one of them).
+DEFAULT_ROUNDS = 4
+DEFAULT_STEPS = UIRConfig.steps
+ROUNDS_LIMIT = 100

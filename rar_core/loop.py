@@ -21,7 +21,7 @@ from torch import nn
 
 from . import prompts, tiling
 from .codec import LatentCodec
-from .config import RARConfig
+from .config import DEFAULT_ROUNDS, RARConfig
 from .connector import QualityAdapter
 from .lqa import LQA, Answer
 from .uir import FlowEuler, Restorer
@@ -229,7 +229,7 @@ class RAR(nn.Module):
     def run(
         self,
         z: torch.Tensor,
-        max_rounds: int = 4,
+        max_rounds: int = DEFAULT_ROUNDS,
         steps: int | None = None,
         mode: str = "adaptive",
         callback: Callable[[int, torch.Tensor], None] | None = None,
@@ -308,7 +308,7 @@ class ImageResult:
 def restore_image(
     model: RAR,
     image: torch.Tensor,
-    max_rounds: int = 4,
+    max_rounds: int = DEFAULT_ROUNDS,
     steps: int | None = None,
     mode: str = "adaptive",
     seed: int = 0,

@@ -691,3 +691,13 @@ def test_several_existing_outputs_and_a_folder_in_the_way(tmp_path, capsys):
     assert main(restore(folder, "-o", out, "--model", MISSING_MODEL, "--overwrite")) == 2
     assert f"output {out / 'b.png'} exists and is a folder" in one_error_line(capsys)
     assert (out / "a.png").read_bytes() == b"1" and (out / "c.png").read_bytes() == b"3"
+
+
+def test_restore_defaults_are_the_loops():
+    """The CLI reads the loop's defaults from rar_core.config, as the nodes do (one source)."""
+    from rar_core import config
+    from rar_core.cli import build_parser
+
+    args = build_parser().parse_args(["restore", "x.png", "-o", "y.png"])
+    assert args.max_rounds == config.DEFAULT_ROUNDS == 4
+    assert args.steps is None and config.DEFAULT_STEPS == config.UIRConfig().steps == 4  # None: the model's

@@ -303,3 +303,13 @@ def test_iterate_reports_its_rounds_on_one_progress_bar(pack, monkeypatch):
     out = node(pack, "RARIterate").execute(handle, latent, 3, 2, "adaptive")
     assert out.expand is not None  # the first call expands round 1
     assert bars == [(0, 3, True)]
+
+
+def test_loop_nodes_default_to_the_loops_settings(pack):
+    """RAR Loop, RAR Iterate and RAR Restore Image take their widget defaults from rar_core.config."""
+    from rar_core import config
+    for name in ("RARLoop", "RARIterate", "RARRestoreImage"):
+        inputs = {i.id: i for i in node(pack, name).define_schema().inputs}
+        assert inputs["max_rounds"].default == config.DEFAULT_ROUNDS
+        assert inputs["steps"].default == config.DEFAULT_STEPS
+    assert {i.id: i for i in node(pack, "RARLoop").define_schema().inputs}["max_rounds"].max == config.ROUNDS_LIMIT
