@@ -105,30 +105,30 @@ class RAR(nn.Module):
             raise LatentError("latent contains NaN or infinite values; the input or the codec produced invalid numbers")
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None,
-               on_tile: OnTile | None = None) -> torch.Tensor:
-        """[B,3,H,W] in [0,1] -> z, in `codec_tile` px tiles above that size."""
+               on_tile: OnTile | None = None, tile: int | None = None) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> z, in tiles of `tile` px (default `codec_tile`) above that size."""
         if self.codec is None:
             raise RuntimeError("this RAR model has no codec of its own; encode with the SD3.5 VAE")
         self._enter("encode")
         f = self.config.codec.downsample
         x = image.to(self._device_of(self.codec), self._dtype(self.codec))
-        return tiling.blend(x, lambda t, _: self.codec.encode(t, generator), *self._codec_grid(f),
+        return tiling.blend(x, lambda t, _: self.codec.encode(t, generator), *self._codec_grid(f, tile),
                             multiple=f, scale=1 / f, batch=1, on_tile=on_tile).float()
 
-    def decode(self, z: torch.Tensor, on_tile: OnTile | None = None) -> torch.Tensor:
-        """z -> [B,3,H,W] in [0,1], in `codec_tile` px tiles above that size."""
+    def decode(self, z: torch.Tensor, on_tile: OnTile | None = None, tile: int | None = None) -> torch.Tensor:
+        """z -> [B,3,H,W] in [0,1], in tiles of `tile` px (default `codec_tile`) above that size."""
         if self.codec is None:
             raise RuntimeError("this RAR model has no codec of its own; decode with the SD3.5 VAE")
         self._enter("decode")
         f = self.config.codec.downsample
-        tile, overlap = (n // f for n in self._codec_grid(f))
+        side, overlap = (n // f for n in self._codec_grid(f, tile))
         z = z.to(self._device_of(self.codec), self._dtype(self.codec))
-        return tiling.blend(z, lambda t, _: self.codec.decode(t), tile, overlap, scale=f, batch=1,
+        return tiling.blend(z, lambda t, _: self.codec.decode(t), side, overlap, scale=f, batch=1,
                             on_tile=on_tile).float()
 
-    def _codec_grid(self, f: int) -> tuple[int, int]:
+    def _codec_grid(self, f: int, tile: int | None = None) -> tuple[int, int]:
         """(tile, overlap) in px for the codec: an eighth of the tile overlaps, on the latent grid."""
-        tile = max(self.codec_tile // (8 * f) * 8 * f, 8 * f)
+        tile = max((tile or self.codec_tile) // (8 * f) * 8 * f, 8 * f)
         return tile, tile // 8
 
     @staticmethod
@@ -326,8 +326,8 @@ def restore_image(
     old callers and ignored: the codec's overlap is an eighth of its tile). The official tier
     passes the SD3.5 VAE's. The restorer's windows are the model's (`RAR.restore`); `tiles` in
     the result counts them. `on_tile(done, total)` runs between the codec's tiles and the
-    restorer's (whose total is windows x steps). An item whose first round was rejected gets its input pixels back:
-    rolling back to the input must not cost a codec round trip.
+    restorer's (whose total is windows x steps). An item whose first round was rejected gets its
+    input pixels back: rolling back to the input must not cost a codec round trip.
     """
     from .image import check_image_tensor, check_size, pad_to_multiple, to_rgb
 
@@ -335,21 +335,13 @@ def restore_image(
     del overlap
     image = to_rgb(image.float())
     check_size(image.shape[-2], image.shape[-1])
-    if not torch.isfinite(image).all():
-        raise LatentError("image contains NaN or infinite values")
     padded, (h, w) = pad_to_multiple(image, model.config.pixel_multiple)
-    saved = model.codec_tile
-    if tile:
-        model.codec_tile = tile
-    try:
-        if encode is None:
-            z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed), on_tile=on_tile)
-        else:
-            z = encode(padded)
-        res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback, on_tile=on_tile)
-        out = model.decode(res.latent, on_tile=on_tile) if decode is None else decode(res.latent)
-        out = out[:, :, :h, :w].to(image.device, image.dtype)
-    finally:
-        model.codec_tile = saved
+    if encode is None:
+        z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed), on_tile=on_tile, tile=tile)
+    else:
+        z = encode(padded)
+    res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback, on_tile=on_tile)
+    out = model.decode(res.latent, on_tile=on_tile, tile=tile) if decode is None else decode(res.latent)
+    out = out[:, :, :h, :w].to(image.device, image.dtype)
     kept = torch.tensor([r == 0 for r in res.rounds], device=image.device)
     return ImageResult(torch.where(kept[:, None, None, None], image, out).cpu(), res.rounds, res.trace, res.tiles)

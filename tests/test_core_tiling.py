@@ -125,8 +125,8 @@ def test_one_tile_inputs_give_exactly_the_untiled_result(tiny_factory, monkeypat
     assert len(model.restore_grid(32, 32)) == 1 and model.config.uir.tile * p == 32
     new = restore_image(model, x, max_rounds=3, steps=2, mode=mode)
     monkeypatch.setattr(RAR, "restore", old_restore)
-    monkeypatch.setattr(RAR, "encode", lambda self, im, g=None, on_tile=None: self.codec.encode(im, g))
-    monkeypatch.setattr(RAR, "decode", lambda self, z, on_tile=None: self.codec.decode(z))
+    monkeypatch.setattr(RAR, "encode", lambda self, im, g=None, on_tile=None, tile=None: self.codec.encode(im, g))
+    monkeypatch.setattr(RAR, "decode", lambda self, z, on_tile=None, tile=None: self.codec.decode(z))
     old = restore_image(model, x, max_rounds=3, steps=2, mode=mode)
     assert new.tiles == 1 and new.rounds == old.rounds
     assert torch.equal(new.image, old.image)
