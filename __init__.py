@@ -6,7 +6,6 @@ and this module defines nothing, so it never breaks `import rar_core`.
 """
 import logging
 import os
-import shutil
 
 try:
     from comfy_api.latest import ComfyExtension, io
@@ -21,27 +20,23 @@ EXAMPLE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rar_c
 def install_example_image() -> None:
     """Copy the example into ComfyUI's input folder if no file of that name is there; never raises.
 
-    Written under a temporary name and linked into place, so a user's file of the same name is
-    never overwritten, even by a concurrent start.
+    rar_core's atomic write without overwrite: a user's file of that name is never replaced, even
+    one made by a concurrent start.
     """
     try:
         import folder_paths
+
+        from .rar_core.image import write_atomic
+
         dest = os.path.join(folder_paths.get_input_directory(), EXAMPLE_IMAGE)
         if os.path.exists(dest) or not os.path.isfile(EXAMPLE_SOURCE):
             return
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        tmp = f"{dest}.{os.getpid()}.tmp"
-        shutil.copyfile(EXAMPLE_SOURCE, tmp)
-        try:
-            os.link(tmp, dest)  # fails if dest appeared meanwhile: theirs wins
-        except FileExistsError:
-            pass
-        except OSError:  # no hard links on this filesystem
-            if not os.path.exists(dest):
-                os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with open(EXAMPLE_SOURCE, "rb") as f:
+            data = f.read()
+        write_atomic(dest, lambda out: out.write(data), overwrite=False)
+    except FileExistsError:
+        pass  # theirs wins
     except Exception as e:  # a missing example must never stop ComfyUI or the pack
         logging.info("RAR: example image not installed (%s)", e)
 
