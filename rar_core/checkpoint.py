@@ -113,6 +113,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
+def is_torch_save(head: bytes) -> bool:
+    """Whether a file's first bytes are torch.save's: a zip archive, or a legacy pickle (protocol 2-5)."""
+    return head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def check_safetensors_header(path: Path) -> None:
     """Name the file type when a model file is not safetensors at all (never unpickled here).
 
@@ -121,7 +126,7 @@ def check_safetensors_header(path: Path) -> None:
     """
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+    if is_torch_save(head):
         raise CheckpointError(
             f"{path.name} is a PyTorch pickle, not a safetensors file; comfyui-rar never loads pickles: "
             "convert the official RAR release with `rar convert RELEASE_DIR -o model.safetensors`"

@@ -240,9 +240,11 @@ def _torch_load(path: Path):
     The full training checkpoint (`latest.pth`) also stores numpy RNG state; numpy's array
     reconstruction is allow-listed for that case, still under weights_only=True.
     """
+    from .checkpoint import is_torch_save
+
     with open(path, "rb") as f:
-        head = f.read(2)
-    if head != b"PK" and not (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        head = f.read(4)
+    if not is_torch_save(head):
         raise ConversionError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); download it again")
 
     def attempt(mmap: bool):
