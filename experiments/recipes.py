@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rar_core.train import RECIPES, Recipe, StageConfig  # noqa: E402
+from rar_core.train import RECIPES, PoolConfig, Recipe, StageConfig  # noqa: E402
 
 COMPACT = RECIPES["compact"]
 
@@ -38,6 +38,20 @@ EXPERIMENTS = {
     # restorer, which reads the LQA's hidden states, needed the connector and e2e stages to catch
     # up. Never run end to end from scratch.
     "compact-identify": replace(COMPACT, name="compact-identify", lqa=replace(COMPACT.lqa, identify=0.8)),
+    # `compact` with the remedies of experiments/rootcause/FINDINGS.md section 3: bright
+    # exposures and flat graphics in the pool, clean->clean samples (answer "Clean") in every
+    # restorer stage, identification trained on the input round only in e2e, and the verify stage
+    # on the restorer's own rounds on clean and degraded inputs. The candidate for the next
+    # built-in model (issue: do no harm).
+    "compact-clean": replace(
+        COMPACT, name="compact-clean",
+        pool=PoolConfig(synthetic=12, synthetic_p=0.12, bright_p=0.35),
+        uir=replace(COMPACT.uir, clean_p=0.25),
+        lqa=replace(COMPACT.lqa, clean_p=0.2),
+        connector=replace(COMPACT.connector, clean_p=0.25),
+        e2e=replace(COMPACT.e2e, clean_p=0.25, identify_input_only=True),
+        verify=StageConfig(steps=1200, batch=8, crop=128, lr=1e-4, crops=(64, 128, 192, 256), clean_p=0.33),
+    ),
 }
 
 

@@ -17,6 +17,7 @@ from .model import RARHandle
 
 TAG = "rar_latent_format"   # which codec space the samples are in ("rar-compact", "sd3", ...)
 SIZE = "rar_image_size"     # (H, W) of the image before padding, so RAR Latent Decode can crop
+GATE = "rar_gate"           # RAR Verify Gate's per-image outcome {"improved": [...], "verdict": [...]}, read by RAR Iterate
 
 
 class RARNodeError(ValueError):

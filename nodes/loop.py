@@ -1,11 +1,11 @@
 """The repetition: RAR Loop (rar_core's loop in one node), RAR Iterate (the same loop as graph
 expansion of the stage nodes) and RAR Restore Image (image in, image out).
 
-RAR Loop and RAR Restore Image call rar_core.loop.RAR.run, so they cannot drift from `rar restore`;
+RAR Loop and RAR Restore Image call rar_core.loop.run, so they cannot drift from `rar restore`;
 large images are rar_core's business too (one decision per image, the restorer and codec in tiles),
 and the nodes only show its progress: one bar over rounds x tiles, interruptible between tiles.
-RAR Iterate re-implements only the bookkeeping (which items are still active, the trace); the
-stage nodes it expands call the same rar_core methods run() calls, item for item.
+RAR Iterate expands the stage nodes, which call the same rar_core methods run() calls, item for
+item, and folds each round with rar_core's own rule and bookkeeping (loop.judge, LoopState.fold).
 """
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ import comfy.utils
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import GraphBuilder
 
-from ..rar_core import prompts
 from ..rar_core.config import DEFAULT_ROUNDS, DEFAULT_STEPS, ROUNDS_LIMIT
-from ..rar_core.loop import MODES, restore_image
+from ..rar_core.loop import CLEAN_TEXT, MODES, LoopState, Round, Verdict, judge, restore_image
 from . import latent as L
 from .model import RARHandle, is_oom
 from .types import CATEGORY, RarModel
@@ -201,72 +200,61 @@ class RARIterate(io.ComfyNode):
 
     @classmethod
     def execute(cls, rar_model: RARHandle, latent, max_rounds, steps, mode,
-                round_latent=None, round_answer=None, round_verdict=None, round_assessment=None) -> io.NodeOutput:
+                round_latent=None, round_assessment=None) -> io.NodeOutput:
         """Round inputs arrive as links from the previous expansion (undeclared inputs that are links are
         resolved by the executor); the loop state rides along in the latent dict under STATE."""
         if mode not in MODES:
             raise L.RARNodeError(f"mode must be one of {MODES}, got {mode!r}")
         max_rounds = min(max_rounds, ITERATE_MAX_ROUNDS)
         latent = dict(latent)
-        state = latent.pop(STATE, None)
+        state: LoopState | None = latent.pop(STATE, None)
         if state is None:
-            b = L.check_latent(rar_model, latent).shape[0]
+            L.check_latent(rar_model, latent)
             L.check_fits(rar_model, latent)
-            state = {"round": 0, "active": list(range(b)), "rounds": [0] * b, "trace": [[] for _ in range(b)],
-                     "assessment": None}
+            state = LoopState.start(latent["samples"].clone(), mode)
         else:
-            latent, state = cls._merge(latent, state, round_latent, round_answer, round_verdict, round_assessment, mode)
+            state = cls._merge(rar_model, state, round_latent, round_assessment)
+            latent["samples"] = state.z
+            latent[L.TAG] = round_latent.get(L.TAG, latent.get(L.TAG))
         # One bar per run: each expansion reports the rounds done so far (ComfyUI shows an expanded
         # node's progress on the RAR Iterate node the user placed), with a preview of the latent.
-        comfy.utils.ProgressBar(max_rounds).update_absolute(state["round"], max_rounds, preview(rar_model, latent["samples"]))
-        if not state["active"] or state["round"] >= max_rounds:
-            return io.NodeOutput(latent, max(state["rounds"]), trace_json(state["rounds"], state["trace"]),
-                                 ui=ui.PreviewText(summary(state["rounds"], state["trace"])))
+        comfy.utils.ProgressBar(max_rounds).update_absolute(state.n, max_rounds, preview(rar_model, latent["samples"]))
+        if state.done(max_rounds):
+            return io.NodeOutput(latent, max(state.rounds), trace_json(state.rounds, state.trace),
+                                 ui=ui.PreviewText(summary(state.rounds, state.trace)))
 
         g = GraphBuilder()
-        sub = _select(latent, state["active"])
+        sub = _select(latent, state.active)
         links = {}
-        if mode == "once" and state["assessment"] is not None:
-            assessment = state["assessment"]
+        if mode == "once" and state.assessment is not None:
+            assessment = state.assessment
         else:
-            assess = g.node("RARAssess", rar_model=rar_model, latent=sub)
-            assessment = assess.out(0)
-            links.update(round_answer=assess.out(1), round_assessment=assess.out(0))
+            assessment = g.node("RARAssess", rar_model=rar_model, latent=sub).out(0)
+            links["round_assessment"] = assessment
         restore = g.node("RARRestore", rar_model=rar_model, latent=sub, assessment=assessment, steps=steps)
         if mode == "fixed":
             links["round_latent"] = restore.out(0)
         else:
-            gate = g.node("RARVerifyGate", rar_model=rar_model, previous=sub, candidate=restore.out(0))
-            links.update(round_latent=gate.out(0), round_verdict=gate.out(2))
+            gate = g.node("RARVerifyGate", rar_model=rar_model, previous=sub, candidate=restore.out(0),
+                          assessment=assessment)
+            links["round_latent"] = gate.out(0)
         nxt = g.node("RARIterate", rar_model=rar_model, latent={**latent, STATE: state}, max_rounds=max_rounds,
                      steps=steps, mode=mode, **links)
         return io.NodeOutput(nxt.out(0), nxt.out(1), nxt.out(2), expand=g.finalize())
 
     @staticmethod
-    def _merge(latent, state, round_latent, round_answer, round_verdict, round_assessment, mode):
-        """Fold one round into the full batch, exactly as RAR.run does: accepted items take the new
-        latent and stay active, rejected items keep theirs and stop."""
-        n = state["round"] + 1
-        k = len(state["active"])
-        assessment = state["assessment"] if state["assessment"] is not None else round_assessment
-        answers = round_answer.split("\n") if round_answer is not None else list(assessment.answer)
-        verdicts = round_verdict.split("\n") if round_verdict is not None else ["not verified"] * k
-        samples = latent["samples"].clone()
-        rounds = list(state["rounds"])
-        trace = [list(t) for t in state["trace"]]
-        still = []
-        for j, i in enumerate(state["active"]):
-            ok = mode == "fixed" or prompts.is_improvement(verdicts[j])
-            trace[i].append({"round": n, "answer": answers[j], "verdict": verdicts[j], "accepted": ok})
-            if ok:
-                samples[i] = round_latent["samples"][j].to(samples.device)
-                rounds[i] += 1
-                still.append(j)
-        out = dict(latent)
-        out["samples"] = samples
-        out[L.TAG] = round_latent.get(L.TAG, latent.get(L.TAG))
-        return out, {"round": n, "active": [state["active"][j] for j in still], "rounds": rounds, "trace": trace,
-                     "assessment": assessment.select(still) if mode == "once" else None}
+    def _merge(rar_model: RARHandle, state: LoopState, round_latent: dict, round_assessment) -> LoopState:
+        """Fold one round into a copy of the state with rar_core's own rule (loop.judge) and
+        bookkeeping (LoopState.fold), as RAR.run does; the gate's outcome rides in its latent."""
+        state = state.copy()
+        assessment = state.assessment if state.assessment is not None else round_assessment
+        gate = round_latent.get(L.GATE)
+        improved = gate["improved"] if gate is not None else None
+        verdicts = judge(state.mode, assessment.answer, improved, rar_model.config.stop_when_clean)
+        texts = [CLEAN_TEXT if v is Verdict.CLEAN else gate["verdict"][j] if gate is not None else v.value
+                 for j, v in enumerate(verdicts)]
+        state.fold(Round(list(assessment.answer), verdicts, texts, round_latent["samples"], assessment))
+        return state
 
 
 class RARRestoreImage(io.ComfyNode):

@@ -12,8 +12,9 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
-from ..rar_core import checkpoint
-from ..rar_core.loop import Assessment
+from ..rar_core import checkpoint, prompts
+from ..rar_core.loop import CLEAN_TEXT
+from ..rar_core.model import Assessment
 from . import latent as L
 from .model import DTYPES, RARHandle, model_choices, model_path, pick_dtype
 from .types import CATEGORY, TIPS, RarAssessment, RarModel
@@ -24,9 +25,16 @@ def assessment_to(assessment: Assessment, device) -> Assessment:
     return Assessment(list(assessment.answer), [h.to(device) for h in assessment.hidden])
 
 
-def all_clean(assessment) -> bool:
-    """True when the LQA called every item clean: restoring it would be wasted work."""
-    return all(a.strip().lower().startswith("clean") for a in assessment.answer)
+def all_clean(handle: RARHandle, assessment) -> bool:
+    """True when the model stops on clean images and the LQA called every item clean: restoring
+    them would be wasted work (rar_core.loop.judge's rule)."""
+    return handle.config.stop_when_clean and all(prompts.is_clean(a) for a in assessment.answer)
+
+
+def gate_output(latent: dict, improved: list[bool], verdict: list[str]) -> tuple[dict, bool, str]:
+    """RAR Verify Gate's outputs; the per-image outcome also rides in the latent for RAR Iterate."""
+    latent = {**latent, L.GATE: {"improved": list(improved), "verdict": list(verdict)}}
+    return latent, any(improved), "\n".join(verdict)
 
 
 class RARModelLoader(io.ComfyNode):
@@ -196,7 +204,7 @@ class RARVerifyGate(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, rar_model, previous=None, candidate=None, assessment=None):
-        if assessment is not None and all_clean(assessment):
+        if assessment is not None and all_clean(rar_model, assessment):
             return ["previous"] if previous is None else []
         return [name for name, v in (("previous", previous), ("candidate", candidate)) if v is None]
 
@@ -204,7 +212,7 @@ class RARVerifyGate(io.ComfyNode):
     def execute(cls, rar_model: RARHandle, previous, candidate=None, assessment=None) -> io.NodeOutput:
         if candidate is None:  # everything was clean: nothing to compare
             b = previous["samples"].shape[0]
-            return io.NodeOutput(previous, False, "\n".join(["clean: kept"] * b))
+            return io.NodeOutput(*gate_output(previous, [False] * b, [CLEAN_TEXT] * b))
         if candidate["samples"].shape != previous["samples"].shape:
             raise L.RARNodeError(f"Candidate {tuple(candidate['samples'].shape)} and previous "
                                  f"{tuple(previous['samples'].shape)} latents differ in shape.")
@@ -218,8 +226,7 @@ class RARVerifyGate(io.ComfyNode):
             improved, verdict = rar_model.model.verify(z_new, z_prev)
         keep = improved.to(device).view(-1, 1, 1, 1)
         z = torch.where(keep, z_new, z_prev)
-        text = "\n".join(verdict)
-        return io.NodeOutput(L.from_z(rar_model, z, previous), bool(improved.any()), text)
+        return io.NodeOutput(*gate_output(L.from_z(rar_model, z, previous), improved.tolist(), verdict))
 
 
 class RARLatentDecode(io.ComfyNode):

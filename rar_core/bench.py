@@ -246,7 +246,7 @@ def speed_worker(model_path: str, image_path: str, reps: int, seed: int) -> dict
 
     import torch
     from .checkpoint import load_rar
-    from .loop import restore_image
+    from .loop import LoopState, attempt, restore_image
 
     torch.manual_seed(seed)
     model = load_rar(model_path).eval().requires_grad_(False)  # FlopCounterMode's module hooks need it
@@ -269,15 +269,11 @@ def speed_worker(model_path: str, image_path: str, reps: int, seed: int) -> dict
             model.decode(model.encode(x, torch.Generator().manual_seed(seed)))
             codec_s.append(time.perf_counter() - t)
             t = time.perf_counter()
-            a = model.assess(z)
-            z_new = model.restore(z, a)
-            model.verify(z_new, z)
+            attempt(model, LoopState.start(z.clone()))
             round_s.append(time.perf_counter() - t)
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the counters
         with flop_counter() as fc:
-            a = model.assess(z)
-            z_new = model.restore(z, a)
-            model.verify(z_new, z)
+            attempt(model, LoopState.start(z.clone()))
         flops_round = int(fc.get_total_flops())
         with flop_counter() as fc:
             model.decode(model.encode(x, torch.Generator().manual_seed(seed)))
@@ -325,6 +321,13 @@ def capped_psnr(out: np.ndarray, ref: np.ndarray) -> float:
     return min(quality(out, ref)[0], PSNR_CAP)
 
 
+def tried(trace: list[dict]) -> int:
+    """Rounds the loop restored and verified: a last round the LQA called clean restored nothing."""
+    from .loop import CLEAN_TEXT
+
+    return sum(r["verdict"] != CLEAN_TEXT for r in trace)
+
+
 def gate_rounds(model, latents: list, trace: list[dict], pred0: np.ndarray, ref: np.ndarray, attempts: int) -> list[dict]:
     """The verify gate on each round the adaptive loop tried: candidate vs predecessor PSNR.
 
@@ -356,7 +359,7 @@ def evaluate_clean(model, cleans, classes, seed, quiet=False) -> list[dict]:
         res = restore_image(model, x, MAX_ROUNDS, None, "adaptive", seed)
         secs = time.perf_counter() - t
         out = _to_array(res.image)
-        attempts = len(res.trace[0])
+        attempts = tried(res.trace[0])
         lat = []
         if attempts:
             restore_image(model, x, attempts, None, "fixed", seed, callback=lambda n, z: lat.append(z.clone()))
@@ -417,9 +420,9 @@ def evaluate(model, cleans, samples, seed, nr_fns, quiet=False, classes=None):
             outs[key] = _to_array(res.image)
             if key == "rar_adaptive":
                 row["rounds"] = res.rounds[0]
-                row["attempts"] = len(res.trace[0])
+                row["attempts"] = tried(res.trace[0])
                 row["answers"] = [r["answer"] for r in res.trace[0]]
-                row["gate"] = gate_rounds(model, latents, res.trace[0], smp.degraded, clean, len(res.trace[0]))
+                row["gate"] = gate_rounds(model, latents, res.trace[0], smp.degraded, clean, row["attempts"])
                 if res.rounds[0]:  # the fixed run's latent after the accepted rounds decodes to this output
                     same = _to_array(model.decode(latents[res.rounds[0] - 1]))
                     row["gate_consistent"] = bool(np.abs(same - outs[key]).max() < 1e-4)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from . import prompts
 from .config import RARConfig
 from .lqa import tokenizer_from_json, word_tokenizer
-from .loop import RAR
+from .model import RAR
 
 FORMAT = "comfyui-rar"
 FORMAT_VERSION = 1

@@ -371,7 +371,7 @@ def cmd_info(args) -> int:
     import torch
 
     from .config import RARConfig
-    from .loop import RAR
+    from .model import RAR
 
     if args.preset:
         config = RARConfig.preset(args.preset)
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .checkpoint import CheckpointError
     from .image import ImageError
-    from .loop import LatentError
+    from .model import LatentError
 
     try:
         return args.func(args)

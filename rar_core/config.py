@@ -166,6 +166,10 @@ class RARConfig:
     # view, keeps the per-pixel signature of noise, blur or JPEG blocks, and keeps the cost of
     # assessing and verifying flat in the image size.
     lqa_view: int = 0
+    # Stop an item, restoring nothing, when the LQA calls it clean (adaptive and once modes). The
+    # paper's loop restores whatever it is given and leaves stopping to verification; a model whose
+    # codec round trip alone costs a clean photo a few dB must not touch one (BENCHMARKS.md).
+    stop_when_clean: bool = False
 
     @property
     def pixel_multiple(self) -> int:
@@ -203,7 +207,7 @@ class RARConfig:
                 kwargs[key] = cls(**value)
             elif key == "labels":
                 kwargs[key] = tuple(value)
-            elif key in ("name", "verify_orders", "verify_margin", "lqa_view"):
+            elif key in ("name", "verify_orders", "verify_margin", "lqa_view", "stop_when_clean"):
                 kwargs[key] = value
             else:
                 raise ValueError(f"config has unknown section {key!r}")
@@ -216,7 +220,7 @@ LQA_TOKENS_A_SIDE = 16
 
 def compact() -> RARConfig:
     # lqa_view 64 latent px = 256 px, the largest crop the compact LQA trains on
-    return RARConfig(verify_orders=2, lqa_view=64)
+    return RARConfig(verify_orders=2, lqa_view=64, stop_when_clean=True)
 
 
 def compact_wide() -> RARConfig:

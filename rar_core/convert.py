@@ -48,7 +48,7 @@ import torch
 FORMAT = "comfyui-rar"
 FORMAT_VERSION = "1"
 
-# Output key prefixes = the state_dict names of rar_core.loop.RAR (codec excluded).
+# Output key prefixes = the state_dict names of rar_core.model.RAR (codec excluded).
 UIR_PREFIX = "uir.transformer."
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -1229,7 +1229,7 @@ def plan_conversion(files: ReleaseFiles, config=None, lora_alpha: float = OFFICI
 
 def check_against_rar_model(cfg, out: list[OutTensor], report: ConversionReport) -> None:
     """The planned file must be exactly the state_dict of rar_core's RAR(cfg) without a codec."""
-    from .loop import RAR
+    from .model import RAR
 
     with torch.device("meta"):
         model = RAR(cfg, with_codec=False)

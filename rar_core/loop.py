@@ -1,299 +1,198 @@
-"""The Restore-Assess-Repeat loop (Sec. 5.5-5.7) and the model that owns its four parts.
+"""The Restore-Assess-Repeat loop (Sec. 5.5-5.7), written once.
 
-    z_deg = E(x) -> [ LQA.identify(z) -> A_Q -> UIR: K Euler steps -> z_new
-                      -> LQA.compare(A = z_new, B = z) -> accept, or roll back and stop ] x N
+    z_deg = E(x) -> [ assess(z) -> restore: A_Q -> UIR, K Euler steps -> z_new
+                      -> verify(A = z_new, B = z) -> keep z_new, or roll back and stop ] x N
     -> D(z)
 
-This file is the only place that knows the order; the CLI and the ComfyUI nodes call it.
-At any image size there is one decision per image: the LQA assesses and verifies a bounded view
-of the whole latent (`lqa_view`), the restorer's velocity and the codec run on overlapping tiles
-of the sizes they were trained at (tiling.py), and the gate keeps or rolls back the whole latent.
+A round is two steps: `attempt` runs the model's stages on the items still active and returns a
+`Round` with a typed `Verdict` per item (`judge` is the one rule); `LoopState.fold` keeps or rolls
+back each item, stops the ones that are done and writes the trace. `run` repeats them; RAR
+Iterate (nodes/loop.py) runs the stages as graph nodes and folds their outputs with the same
+`judge` and `fold`; training, calibration and the benches read trajectories from `run`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
 
 import torch
-from torch import nn
 
-from . import prompts, tiling
-from .codec import LatentCodec
-from .config import DEFAULT_ROUNDS, RARConfig
-from .connector import QualityAdapter
-from .lqa import LQA, Answer
-from .uir import FlowEuler, Restorer
+from . import prompts
+from .config import DEFAULT_ROUNDS
+from .model import RAR, Assessment, OnTile
 
 MODES = ("adaptive", "fixed", "once")
-OnTile = tiling.OnTile
 
 
-class LatentError(ValueError):
-    """A latent this model cannot read (wrong channels, size, NaNs)."""
+class Verdict(Enum):
+    """What a round did to one item."""
+
+    ACCEPTED = "accepted"  # the LQA preferred the candidate: keep it and go on
+    REJECTED = "rejected"  # the LQA preferred the previous latent: roll back and stop
+    UNVERIFIED = "not verified"  # fixed mode: kept without asking
+    CLEAN = "clean"  # the assessment called the item clean: nothing restored, stop
+
+    @property
+    def kept(self) -> bool:
+        """Does the item take the candidate and stay in the loop?"""
+        return self in (Verdict.ACCEPTED, Verdict.UNVERIFIED)
+
+
+CLEAN_TEXT = "clean: kept"  # the trace's comparison text for an item stopped as clean
+
+
+def judge(mode: str, answers: Sequence[str], improved: Sequence[bool] | None, stop_when_clean: bool) -> list[Verdict]:
+    """The loop's rule for each item of a round: clean (when the model stops on it, in the verified
+    modes), else unverified (fixed mode), else what verification said (`improved`)."""
+    out = []
+    for j, answer in enumerate(answers):
+        if stop_when_clean and mode != "fixed" and prompts.is_clean(answer):
+            out.append(Verdict.CLEAN)
+        elif mode == "fixed":
+            out.append(Verdict.UNVERIFIED)
+        else:
+            out.append(Verdict.ACCEPTED if improved[j] else Verdict.REJECTED)
+    return out
 
 
 @dataclass
-class Assessment:
-    """LQA output for a batch: the named degradation and the hidden states A_Q reads."""
+class Round:
+    """One round's outcome for the active items, in their order. `candidate` rows of items that
+    were not restored (clean) are their current latents."""
 
-    answer: list[str]
-    hidden: list[torch.Tensor]
+    answers: list[str]
+    verdicts: list[Verdict]
+    texts: list[str]  # the LQA's comparison (or why there was none), as the trace shows it
+    candidate: torch.Tensor
+    assessment: Assessment | None = None
+    seconds: dict[str, float] | None = None
 
-    def select(self, idx: list[int]) -> "Assessment":
-        return Assessment([self.answer[i] for i in idx], [self.hidden[i] for i in idx])
+
+@dataclass
+class LoopState:
+    """Where the loop stands: the kept latent of every item, which items go on, the trace."""
+
+    z: torch.Tensor
+    mode: str = "adaptive"
+    active: list[int] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)  # kept restorations per item
+    trace: list[list[dict]] = field(default_factory=list)  # per item, one record per round
+    n: int = 0  # rounds done
+    assessment: Assessment | None = None  # "once" mode: the first assessment of the active items
+
+    @classmethod
+    def start(cls, z: torch.Tensor, mode: str = "adaptive") -> "LoopState":
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        b = z.shape[0]
+        return cls(z, mode, list(range(b)), [0] * b, [[] for _ in range(b)])
+
+    def copy(self) -> "LoopState":
+        """A state to fold into while this one stays as it was (graph expansions cache their inputs)."""
+        return replace(self, z=self.z.clone(), active=list(self.active), rounds=list(self.rounds),
+                       trace=[list(t) for t in self.trace])
+
+    def done(self, max_rounds: int) -> bool:
+        return not self.active or self.n >= max_rounds
+
+    def fold(self, r: Round) -> None:
+        """Keep or roll back each active item, stop the ones that are done, record the round."""
+        self.n += 1
+        still = []
+        for j, i in enumerate(self.active):
+            v = r.verdicts[j]
+            record = {"round": self.n, "answer": r.answers[j], "verdict": r.texts[j], "accepted": v.kept}
+            if r.seconds is not None:
+                record["seconds"] = r.seconds
+            self.trace[i].append(record)
+            if v.kept:
+                self.z[i] = r.candidate[j].to(self.z.device, self.z.dtype)
+                self.rounds[i] += 1
+                still.append(j)
+        if self.mode == "once":
+            first = self.assessment if self.assessment is not None else r.assessment
+            self.assessment = first.select(still) if first is not None else None
+        self.active = [self.active[j] for j in still]
+
+
+@torch.no_grad()
+def attempt(model: RAR, state: LoopState, steps: int | None = None, on_tile: OnTile | None = None) -> Round:
+    """One round's stages on the active items: assess (or reuse the first assessment in "once"
+    mode), restore all but the clean ones, verify (but in fixed mode), judge."""
+    mode = state.mode
+    z = state.z[state.active]
+    t0 = time.perf_counter()
+    assessment = state.assessment if mode == "once" and state.assessment is not None else model.assess(z)
+    stop = model.config.stop_when_clean and mode != "fixed"
+    todo = [j for j, a in enumerate(assessment.answer) if not (stop and prompts.is_clean(a))]
+    t1 = time.perf_counter()
+    candidate = z.clone()
+    if todo:
+        candidate[todo] = model.restore(z[todo], assessment.select(todo), steps, on_tile=on_tile).to(z.device)
+    t2 = time.perf_counter()
+    improved, texts = [False] * len(z), [CLEAN_TEXT] * len(z)
+    if mode == "fixed":
+        texts = [Verdict.UNVERIFIED.value] * len(z)
+    elif todo:
+        ok, said = model.verify(candidate[todo], z[todo])
+        for j, o, t in zip(todo, ok.tolist(), said):
+            improved[j], texts[j] = o, t
+    t3 = time.perf_counter()
+    seconds = {"assess": round(t1 - t0, 3), "restore": round(t2 - t1, 3), "verify": round(t3 - t2, 3)}  # ms suffice
+    return Round(list(assessment.answer), judge(mode, assessment.answer, improved, model.config.stop_when_clean),
+                 texts, candidate, assessment, seconds)
 
 
 @dataclass
 class LoopResult:
     latent: torch.Tensor
-    rounds: list[int]  # accepted restorations per item
+    rounds: list[int]  # kept restorations per item
     trace: list[list[dict]] = field(default_factory=list)  # per item, per round (the whole latent)
     tiles: int = 1  # restorer windows per item and Euler step
 
 
-class RAR(nn.Module):
-    """codec (None for the official tier: the SD3.5 VAE lives outside), lqa, connector (A_Q), uir."""
+@torch.no_grad()
+def run(
+    model: RAR,
+    z: torch.Tensor,
+    max_rounds: int = DEFAULT_ROUNDS,
+    steps: int | None = None,
+    mode: str = "adaptive",
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+    on_tile: OnTile | None = None,
+) -> LoopResult:
+    """Repeat assess -> restore -> verify per item until it is rejected, clean, or max_rounds.
 
-    # The parts a stage needs, so a host (ComfyUI) can load only those: the official LQA (7 B)
-    # and restorer (2.5 B) need not be resident together.
-    STAGE_PARTS = {"encode": "codec", "decode": "codec", "assess": "lqa", "verify": "lqa", "restore": "restorer"}
+    adaptive: re-assess every round, stop at the first rejection and keep the previous latent.
+    fixed:    re-assess every round, no verification, exactly max_rounds restorations.
+    once:     assess once (the official "offline" mode), then restore with the verify gate.
+    `callback(round, z)` runs after every round (progress, previews, interrupts);
+    `on_tile(done, total)` during each restoration, per batch of restorer windows (RAR.restore),
+    so a host can show finer progress and stop between tiles by raising.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if max_rounds < 1:
+        raise ValueError(f"max_rounds must be at least 1, got {max_rounds}")
+    model.check_latent(z)
+    state = LoopState.start(z.to(model.device).float().clone(), mode)
+    while not state.done(max_rounds):
+        state.fold(attempt(model, state, steps, on_tile))
+        if callback is not None:
+            callback(state.n, state.z)
+    return LoopResult(state.z, state.rounds, state.trace, tiles=len(model.restore_grid(*z.shape[-2:])))
 
-    def __init__(self, config: RARConfig, with_codec: bool | None = None):
-        super().__init__()
-        self.config = config
-        # Called as stage_hook(part) before each stage; hosts use it to load that part's weights.
-        self.stage_hook: Callable[[str], None] | None = None
-        c = config.codec.latent_channels
-        if with_codec is None:
-            with_codec = config.codec.latent_format != "sd3"
-        self.codec = LatentCodec(config.codec) if with_codec else None
-        self.lqa = LQA(config.adapter, config.lm, c)
-        self.connector = QualityAdapter(config.connector, config.lm.hidden_size)
-        self.uir = Restorer(config.uir, c, config.connector)
-        # Host settings, not model properties: windows per restorer forward, and the largest
-        # image side (px) the codec encodes or decodes in one piece (memory grows with its area).
-        self.tile_batch = 8
-        self.codec_tile = 512
 
-    # ----- helpers ---------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        """Where the loop keeps its latents: the restorer's device."""
-        return next(self.uir.parameters()).device
-
-    def _enter(self, stage: str) -> None:
-        if self.stage_hook is not None:
-            self.stage_hook(self.STAGE_PARTS[stage])
-
-    @staticmethod
-    def _device_of(module: nn.Module) -> torch.device:
-        return next(module.parameters()).device
-
-    def check_latent(self, z: torch.Tensor) -> None:
-        c = self.config.codec.latent_channels
-        if z.dim() != 4 or z.shape[1] != c:
-            raise LatentError(
-                f"latent has shape {tuple(z.shape)}, but this RAR model ({self.config.name}, latent format "
-                f"'{self.config.codec.latent_format}') needs [batch, {c}, h, w]; encode with the matching codec"
-            )
-        m = max(self.config.uir.patch_size, self.config.adapter.patch)
-        if z.shape[-1] % m or z.shape[-2] % m:
-            raise LatentError(f"latent size {tuple(z.shape[-2:])} must be a multiple of {m}; pad the image first")
-        if not torch.isfinite(z).all():
-            raise LatentError("latent contains NaN or infinite values; the input or the codec produced invalid numbers")
-
-    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None,
-               on_tile: OnTile | None = None, tile: int | None = None) -> torch.Tensor:
-        """[B,3,H,W] in [0,1] -> z, in tiles of `tile` px (default `codec_tile`) above that size."""
-        if self.codec is None:
-            raise RuntimeError("this RAR model has no codec of its own; encode with the SD3.5 VAE")
-        self._enter("encode")
-        f = self.config.codec.downsample
-        x = image.to(self._device_of(self.codec), self._dtype(self.codec))
-        return tiling.blend(x, lambda t, _: self.codec.encode(t, generator), *self._codec_grid(f, tile),
-                            multiple=f, scale=1 / f, batch=1, on_tile=on_tile).float()
-
-    def decode(self, z: torch.Tensor, on_tile: OnTile | None = None, tile: int | None = None) -> torch.Tensor:
-        """z -> [B,3,H,W] in [0,1], in tiles of `tile` px (default `codec_tile`) above that size."""
-        if self.codec is None:
-            raise RuntimeError("this RAR model has no codec of its own; decode with the SD3.5 VAE")
-        self._enter("decode")
-        f = self.config.codec.downsample
-        side, overlap = (n // f for n in self._codec_grid(f, tile))
-        z = z.to(self._device_of(self.codec), self._dtype(self.codec))
-        return tiling.blend(z, lambda t, _: self.codec.decode(t), side, overlap, scale=f, batch=1,
-                            on_tile=on_tile).float()
-
-    def _codec_grid(self, f: int, tile: int | None = None) -> tuple[int, int]:
-        """(tile, overlap) in px for the codec: an eighth of the tile overlaps, on the latent grid."""
-        tile = max((tile or self.codec_tile) // (8 * f) * 8 * f, 8 * f)
-        return tile, tile // 8
-
-    @staticmethod
-    def _dtype(module: nn.Module) -> torch.dtype:
-        return next(module.parameters()).dtype
-
-    # ----- the three stages ------------------------------------------------------------
-    def lqa_view(self, z: torch.Tensor) -> torch.Tensor:
-        """The central window of z the LQA looks at: at most `config.lqa_view` latent pixels a side
-        (all of z when the setting is 0 or z fits in it)."""
-        v = self.config.lqa_view
-        h, w = z.shape[-2:]
-        if v <= 0 or (h <= v and w <= v):
-            return z
-        top, left = max(h - v, 0) // 2, max(w - v, 0) // 2
-        return z[..., top : top + v, left : left + v]
-
-    @torch.no_grad()
-    def assess(self, z: torch.Tensor, question: str | None = None, free: bool = False) -> Assessment:
-        """Identify the main degradation of z (Eq. 1), seen through `lqa_view`."""
-        self.check_latent(z)
-        self._enter("assess")
-        a = self.lqa.identify(self.lqa_view(z).to(self._device_of(self.lqa)), self.config.labels, question, free)
-        return Assessment(a.text, a.hidden)
-
-    def restore_tiles(self, h: int, w: int) -> tuple[int, int]:
-        """(tile, overlap) of the restorer's windows over an h x w latent, in latent px."""
-        p, uir = self.config.uir.patch_size, self.config.uir
-        if not uir.tile:
-            return max(h, w), 0
-        tile = min(uir.tile, uir.pos_embed_max_size)  # never beyond the position grid
-        return tile * p, min(uir.tile_overlap, (tile - 1) // 2) * p
-
-    def restore_grid(self, h: int, w: int) -> tiling.Grid:
-        return tiling.Grid.over(h, w, *self.restore_tiles(h, w), self.config.uir.patch_size)
-
-    @torch.no_grad()
-    def restore(self, z: torch.Tensor, assessment: Assessment, steps: int | None = None,
-                on_tile: OnTile | None = None) -> torch.Tensor:
-        """A_Q(assessment) -> one conditioning per item; K Euler steps of the degraded->clean flow
-        from z. Each step's velocity is computed on the restorer's windows (`tile_batch` per
-        forward, each window with its item's conditioning) and blended, so all windows follow one
-        trajectory. `on_tile(done, total)` counts windows x steps."""
-        self.check_latent(z)
-        self._enter("restore")
-        device = self._device_of(self.uir)
-        context, pooled = self.connector.condition([h.to(device) for h in assessment.hidden])
-        k = steps or self.config.uir.steps
-        flow = FlowEuler(k, self.config.uir.flow_shift)
-        tile, overlap = self.restore_tiles(*z.shape[-2:])
-        n = len(self.restore_grid(*z.shape[-2:]))
-        step = [0]
-
-        def tick(done: int, total: int) -> None:
-            if on_tile is not None:
-                on_tile(step[0] * n + done, k * n)
-            step[0] += done == total
-
-        def velocity(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            return tiling.blend(x, lambda t, i: self.uir(t, s[i], context[i], pooled[i]), tile, overlap,
-                                multiple=self.config.uir.patch_size, batch=self.tile_batch, on_tile=tick)
-
-        return flow.sample(velocity, z.to(device).float())
-
-    @torch.no_grad()
-    def verify(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> tuple[torch.Tensor, list[str]]:
-        """Quality verification (Sec. 5.6): Image A = new, Image B = previous; "Image B" means stop.
-
-        Both latents are seen through the same `lqa_view` window.
-
-        With `config.verify_orders == 2` the pair is also asked swapped (one batched pass) and the
-        candidate wins when the summed log-odds exceed `config.verify_margin`.
-        """
-        self.check_latent(z_new)
-        self._enter("verify")
-        if self.config.verify_orders != 2:
-            device = self._device_of(self.lqa)
-            a: Answer = self.lqa.compare(self.lqa_view(z_new).to(device), self.lqa_view(z_prev).to(device), question)
-            return torch.tensor([prompts.is_improvement(t) for t in a.text]), a.text
-        margin = self.verify_log_odds(z_new, z_prev, question)
-        improved = margin > self.config.verify_margin
-        verdict = [f"{prompts.COMPARE_ANSWERS[0 if ok else 1]} (both orders, log-odds {m:+.2f})"
-                   for ok, m in zip(improved.tolist(), margin.tolist())]
-        return improved, verdict
-
-    @torch.no_grad()
-    def verify_log_odds(self, z_new: torch.Tensor, z_prev: torch.Tensor, question: str | None = None) -> torch.Tensor:
-        """log P(new better) - log P(previous better), summed over both orders, in one batched pass."""
-        device = self._device_of(self.lqa)
-        z_new, z_prev = self.lqa_view(z_new).to(device), self.lqa_view(z_prev).to(device)
-        B = z_new.shape[0]
-        a = self.lqa.compare(torch.cat((z_new, z_prev)), torch.cat((z_prev, z_new)), question)
-        lp = a.logprob.float().cpu()  # [2B, (Image A, Image B)]
-        return (lp[:B, 0] - lp[:B, 1]) + (lp[B:, 1] - lp[B:, 0])
-
-    # ----- the loop --------------------------------------------------------------------
-    @torch.no_grad()
-    def run(
-        self,
-        z: torch.Tensor,
-        max_rounds: int = DEFAULT_ROUNDS,
-        steps: int | None = None,
-        mode: str = "adaptive",
-        callback: Callable[[int, torch.Tensor], None] | None = None,
-        on_tile: OnTile | None = None,
-    ) -> LoopResult:
-        """Repeat identify -> condition -> restore -> verify per item until rejected or max_rounds.
-
-        adaptive: re-assess every round, stop at the first rejection and keep the previous latent.
-        fixed:    re-assess every round, no verification, exactly max_rounds restorations.
-        once:     assess once (the official "offline" mode), then restore with the verify gate.
-        `callback(round, z)` runs after every round (progress, previews, interrupts);
-        `on_tile(done, total)` during each restoration, per batch of restorer windows (`restore`),
-        so a host can show finer progress and stop between tiles by raising.
-        """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if max_rounds < 1:
-            raise ValueError(f"max_rounds must be at least 1, got {max_rounds}")
-        self.check_latent(z)
-        z = z.to(self.device).float().clone()
-        B = z.shape[0]
-        active = list(range(B))
-        rounds = [0] * B
-        trace: list[list[dict]] = [[] for _ in range(B)]
-        assessment: Assessment | None = None
-
-        for n in range(1, max_rounds + 1):
-            t0 = time.perf_counter()
-            if assessment is None or mode != "once":
-                assessment = self.assess(z[active])
-            t1 = time.perf_counter()
-            z_new = self.restore(z[active], assessment, steps, on_tile=on_tile).to(z.device)
-            t2 = time.perf_counter()
-            if mode == "fixed":
-                improved, verdict = torch.ones(len(active), dtype=torch.bool), ["not verified"] * len(active)
-            else:
-                improved, verdict = self.verify(z_new, z[active])
-            t3 = time.perf_counter()
-
-            still = []
-            for j, i in enumerate(active):
-                ok = bool(improved[j])
-                trace[i].append(
-                    {
-                        "round": n,
-                        "answer": assessment.answer[j],
-                        "verdict": verdict[j],
-                        "accepted": ok,
-                        "seconds": {"assess": round(t1 - t0, 3), "restore": round(t2 - t1, 3),
-                                    "verify": round(t3 - t2, 3)},  # milliseconds are all a reader uses
-                    }
-                )
-                if ok:
-                    z[i] = z_new[j]
-                    rounds[i] += 1
-                    still.append(j)
-            if mode == "once" and assessment is not None:
-                assessment = assessment.select(still)
-            active = [active[j] for j in still]
-            if callback is not None:
-                callback(n, z)
-            if not active:
-                break
-        return LoopResult(z, rounds, trace, tiles=len(self.restore_grid(*z.shape[-2:])))
+@torch.no_grad()
+def trajectory(model: RAR, z: torch.Tensor, rounds: int, steps: int | None = None) -> list[torch.Tensor]:
+    """[z_0 = z, z_1, ..., z_rounds]: the fixed-mode loop's latent after each round (the pairs its
+    verification is asked about in adaptive mode, up to the first rejection)."""
+    zs = [z]
+    run(model, z, rounds, steps, "fixed", callback=lambda n, zn: zs.append(zn.clone()))
+    return zs
 
 
 @dataclass
@@ -340,7 +239,7 @@ def restore_image(
         z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed), on_tile=on_tile, tile=tile)
     else:
         z = encode(padded)
-    res = model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=callback, on_tile=on_tile)
+    res = run(model, z, max_rounds, steps, mode, callback, on_tile)
     out = model.decode(res.latent, on_tile=on_tile, tile=tile) if decode is None else decode(res.latent)
     out = out[:, :, :h, :w].to(image.device, image.dtype)
     kept = torch.tensor([r == 0 for r in res.rounds], device=image.device)

@@ -80,6 +80,11 @@ def is_improvement(verdict: str) -> bool:
     return REJECT not in verdict
 
 
+def is_clean(answer: str) -> bool:
+    """Does an identification answer call the image clean?"""
+    return answer.strip().lower().startswith("clean")
+
+
 def identify_segments(question: str) -> list[str]:
     """Text segments around one image slot (`None` marks where the image embeddings go)."""
     return [f"{SYSTEM}\n\n </s> Image: <Img>", None, f"</Img>\n\n </s> USER: {question}\n   ASSISTANT: "]

@@ -17,6 +17,7 @@ draws depend on (seed, step) only, so a resumed run sees the same batches as an 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -36,13 +37,16 @@ from safetensors.torch import save_file
 from . import prompts
 from .checkpoint import build_model, load_rar, save_rar
 from .config import RARConfig
-from .loop import RAR
+from .loop import trajectory
+from .model import RAR
 from .uir import flow_loss, sample_s
 
 # The paper's order (Sec. 6.1): UIR pre-training, LQA stages, connector, end-to-end.
 STAGES = ("codec", "uir", "lqa", "connector", "e2e", "decoder")
-PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector", "decoder": "e2e"}
-STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4, "decoder": 5}  # fixed, whatever the order
+OPTIONAL = ("verify",)  # after the decoder, in the recipes that have it
+PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector", "decoder": "e2e",
+            "verify": "decoder"}
+STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4, "decoder": 5, "verify": 6}  # fixed, whatever the order
 ROUND_WEIGHTS = (0.2, 0.3, 0.4, 1.0)
 CLEAN = "Clean"
 
@@ -62,6 +66,18 @@ class StageConfig:
     compare: float = 0.1
     # Share of identification batches in the LQA stage (the rest are A/B comparisons).
     identify: float = 0.5
+    # Share of clean->clean samples (target velocity 0, answer "Clean"): without them a clean
+    # latent is never shown as one to keep (BENCHMARKS.md, "Why bright and flat content is harmed").
+    clean_p: float = 0.0
+    # e2e stage: the identification LM loss on the input round only; a restored round no longer
+    # shows the degradation it would be asked to name, and labelling it so unlearns "Clean".
+    identify_input_only: bool = False
+    # Verify stage: successive rounds closer than this (dB, decoded, against the clean photo) are
+    # near-ties whose order the LQA cannot learn; such pairs are skipped.
+    tie_db: float = 0.25
+    # Verify stage: weight of the term holding the identification hidden states to the frozen
+    # LQA's (relative MSE), so A_Q's input stays the one the restorer was trained with.
+    keep: float = 10.0
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -69,6 +85,15 @@ class StageConfig:
             return self.crop, self.batch
         side = int(self.crops[int(rng.integers(len(self.crops)))])
         return side, max(1, round(self.batch * self.crop / side))
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """What the training photos are mixed with (every stage draws from the same pool)."""
+
+    synthetic: int = 0  # flat graphics of each synthetic.KINDS added to the photos
+    synthetic_p: float = 0.0  # share of crops taken from them
+    bright_p: float = 0.0  # share of photo crops lifted to a bright exposure (a clean bright target)
 
 
 @dataclass(frozen=True)
@@ -83,9 +108,15 @@ class Recipe:
     connector: StageConfig
     e2e: StageConfig
     decoder: StageConfig
+    pool: PoolConfig = PoolConfig()
+    verify: StageConfig | None = None  # the gate on the restorer's own rounds, after the decoder
 
     def stage(self, name: str) -> StageConfig:
         return getattr(self, name)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return STAGES + (("verify",) if self.verify is not None else ())
 
 
 # `compact` is the shipped model's recipe: `rar train --stage all` on 2 CPU cores, 4 h 48 min
@@ -102,8 +133,8 @@ RECIPES = {
         preset="compact",
         codec=StageConfig(steps=7000, batch=12, crop=64, lr=1e-3),
         uir=StageConfig(steps=1100, batch=96, crop=128, lr=4e-4),
-        lqa=StageConfig(steps=1925, batch=128, crop=64, lr=5e-4, crops=(64, 128, 192, 256)),
-        connector=StageConfig(steps=200, batch=96, crop=128, lr=2e-4),
+        lqa=StageConfig(steps=1925, batch=128, crop=64, lr=5e-4, crops=(64, 128, 192, 256), clean_p=0.12),
+        connector=StageConfig(steps=200, batch=96, crop=128, lr=2e-4, clean_p=0.05),
         e2e=StageConfig(steps=2500, batch=6, crop=96, lr=1e-4, crops=(96, 64, 128, 192, 256)),
         decoder=StageConfig(steps=1000, batch=8, crop=96, lr=5e-4),
     ),
@@ -127,20 +158,33 @@ def train_files(data: Path) -> list[Path]:
 
 
 class PhotoPool:
-    """Clean training photos in memory (train split of the fetched manifest only)."""
+    """Clean training photos in memory (train split of the fetched manifest only), with the
+    recipe's flat graphics and bright exposures mixed in."""
 
-    def __init__(self, data: Path, max_side: int = 512):
-        files = train_files(data)
+    def __init__(self, data: Path, max_side: int = 512, cfg: PoolConfig = PoolConfig()):
+        from . import synthetic
+
+        self.cfg = cfg
         self.images, self._pil = [], []
-        for f in files:
-            with Image.open(f) as im:
+        pictures = [Image.open(f) for f in train_files(data)]
+        self.photos = len(pictures)
+        for im in pictures + synthetic.pool(cfg.synthetic):
+            with im:
                 im = im.convert("RGB")
                 im.thumbnail((max_side, max_side), Image.LANCZOS)
                 self._pil.append(im)
                 self.images.append(np.asarray(im, dtype=np.float32) / 255.0)
 
     def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        i = int(rng.integers(len(self.images)))
+        c = self.cfg
+        if c.synthetic and rng.random() < c.synthetic_p:
+            return self._crop(rng, size, self.photos + int(rng.integers(len(self.images) - self.photos)))
+        out = self._crop(rng, size, int(rng.integers(self.photos)))
+        if c.bright_p and rng.random() < c.bright_p:
+            out = brighten(out, rng)
+        return out
+
+    def _crop(self, rng: np.random.Generator, size: int, i: int) -> np.ndarray:
         img = self.images[i]
         h, w = img.shape[:2]
         # Random scale so the model sees textures at several sizes.
@@ -158,6 +202,14 @@ class PhotoPool:
         if rng.random() < 0.5:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
+
+
+def brighten(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A clean photo as a bright one: a gamma lift (pale, airy) or an overexposure that clips
+    highlights to white. Snow, sky and white walls are then something to keep, not to undo."""
+    if rng.random() < 0.5:
+        return np.ascontiguousarray(x ** rng.uniform(0.35, 0.75), dtype=np.float32)
+    return np.ascontiguousarray(np.clip(x * rng.uniform(1.3, 2.0) + rng.uniform(0.0, 0.1), 0, 1), dtype=np.float32)
 
 
 def primary(labels: list[str]) -> str:
@@ -221,6 +273,7 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
         "connector": [model.connector, model.uir],
         "e2e": [model.connector, model.uir, model.lqa],
         "decoder": [model.codec.vae.decoder, model.codec.vae.post_quant_conv],
+        "verify": [model.lqa],
     }[stage]
     params = [p for m in parts if m is not None for p in m.parameters()]
     for p in params:
@@ -230,17 +283,17 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
 
 # Each stage is a batch maker (numpy, run in DataLoader workers; every random draw comes from the
 # step's own rng) and a step (torch, on the training device).
-def batch_images(pool, rng, batch, crop):
+def batch_images(pool, rng, batch, crop, cfg):
     """Clean and degraded photos alike: the codec must reconstruct whatever it is given, as the
     SD3.5 VAE does, since every latent the LQA and the restorer read is of a degraded image."""
     samples = [degraded_sample(pool, rng, crop, composite_p=0.15, clean_p=0.5) for _ in range(batch)]
     return {"x": to_tensor([s[1] for s in samples]), "labels": [s[2] for s in samples]}
 
 
-def batch_lqa(pool, rng, batch, crop, identify: float = 0.5):
-    """Identification (a share `identify` of the batches) or comparison; answers come from the labels."""
-    if rng.random() < identify:
-        samples = [degraded_sample(pool, rng, crop, composite_p=0.35, clean_p=0.12) for _ in range(batch)]
+def batch_lqa(pool, rng, batch, crop, cfg):
+    """Identification (a share `cfg.identify` of the batches) or comparison; answers come from the labels."""
+    if rng.random() < cfg.identify:
+        samples = [degraded_sample(pool, rng, crop, composite_p=0.35, clean_p=cfg.clean_p) for _ in range(batch)]
         return {"kind": "identify", "x": to_tensor([s[1] for s in samples]), "answers": [primary(s[2]) for s in samples],
                 "q": int(rng.integers(len(prompts.IDENTIFY)))}
     better, worse = [], []
@@ -260,9 +313,9 @@ def batch_lqa(pool, rng, batch, crop, identify: float = 0.5):
             "q": int(rng.integers(len(prompts.COMPARE)))}
 
 
-def batch_pairs(composite_p: float, clean_p: float = 0.0, rounds: int = 0):
-    def make(pool, rng, batch, crop):
-        samples = [degraded_sample(pool, rng, crop, composite_p=composite_p, clean_p=clean_p) for _ in range(batch)]
+def batch_pairs(composite_p: float, rounds: int = 0):
+    def make(pool, rng, batch, crop, cfg):
+        samples = [degraded_sample(pool, rng, crop, composite_p=composite_p, clean_p=cfg.clean_p) for _ in range(batch)]
         out = {"hq": to_tensor([s[0] for s in samples]), "deg": to_tensor([s[1] for s in samples]),
                "answers": [primary(s[2]) for s in samples]}
         if rounds:  # e2e: a question per round and the A/B order of the verification pair
@@ -345,7 +398,8 @@ def step_e2e(model, b, gen, cfg):
     """Recurrent rounds (Eq. 5-6); the LQA keeps its identification and learns to verify results.
 
     Every round is conditioned on the label teacher-forced, as the official e2e does; the LM loss
-    that holds identification (weight 0.1) is the mean over rounds.
+    that holds identification (weight 0.1) is the mean over rounds, or with `identify_input_only`
+    the input round's alone.
     """
     z_hq, z = encode(model, b["hq"]), encode(model, b["deg"])
     s = flow_times(model, len(z), gen, z.device)  # one time per sample, shared by rounds
@@ -371,19 +425,9 @@ def step_e2e(model, b, gen, cfg):
     a_better = cand_better ^ swap
     prefix = model.lqa.prompt_embeds(prompts.compare_segments(prompts.COMPARE[-1]), [A, B])
     _, cmp_loss = model.lqa.teacher_forced(prefix, ["Image A" if x else "Image B" for x in a_better.tolist()])
-    lm_id = sum(lm) / len(lm)
+    lm_id = lm[0] if cfg.identify_input_only else sum(lm) / len(lm)
     return total + 0.1 * lm_id + cfg.compare * cmp_loss, {"flow": float(total.detach()), "cmp": float(cmp_loss.detach()),
                                                           "id": float(lm_id.detach())}
-
-
-@torch.no_grad()
-def loop_rounds(model: RAR, z: torch.Tensor, rounds: int) -> list[torch.Tensor]:
-    """The loop's fixed-mode trajectory as at inference: [z_0 = z, z_1, ..., z_rounds]
-    (scripts/calibrate_verify.py scores the verify gate on it)."""
-    zs = [z]
-    for _ in range(rounds):
-        zs.append(model.restore(zs[-1], model.assess(zs[-1])))
-    return zs
 
 
 @torch.no_grad()
@@ -393,6 +437,72 @@ def round_psnr(model: RAR, zs: list[torch.Tensor], x_deg: torch.Tensor, x_hq: to
     trip (restore_image)."""
     decoded = [x_deg] + [model.decode(z) for z in zs[1:]]  # decode clamps to [0, 1]
     return torch.stack([-10 * torch.log10((x - x_hq).pow(2).mean((1, 2, 3)) + 1e-10) for x in decoded], 1)
+
+
+def tint(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """x darker and more saturated, or lighter and paler: what a bad round does to a clean photo
+    (BENCHMARKS.md, "Why bright and flat content is harmed"), for the gate to learn to refuse."""
+    lum = x.mean(-1, keepdims=True)
+    if rng.random() < 0.5:
+        shift, sat = -rng.uniform(0.02, 0.08), rng.uniform(1.05, 1.3)
+    else:
+        shift, sat = rng.uniform(0.02, 0.08), rng.uniform(0.7, 0.95)
+    return np.clip(lum + (x - lum) * sat + shift, 0, 1).astype(np.float32)
+
+
+def batch_verify(pool, rng, batch, crop, cfg):
+    """Clean and degraded photos for the verify stage; the pairs come from the restorer's rounds in
+    the step. A clean photo also comes tinted (its pair with the clean one). u[i] = (which round the
+    clean photo is paired with, which round is identified) for sample i."""
+    samples = [degraded_sample(pool, rng, crop, composite_p=0.6, clean_p=cfg.clean_p) for _ in range(batch)]
+    return {"hq": to_tensor([s[0] for s in samples]), "deg": to_tensor([s[1] for s in samples]),
+            "tint": to_tensor([tint(s[0], rng) for s in samples]),
+            "clean": torch.tensor([not s[2] for s in samples]),
+            "answers": [primary(s[2]) for s in samples], "q": int(rng.integers(len(prompts.IDENTIFY))),
+            "cq": int(rng.integers(len(prompts.COMPARE))), "u": torch.from_numpy(rng.random((batch, 2)))}
+
+
+def verify_pairs(ps: list[float], tie_db: float) -> list[tuple[int, int]]:
+    """(better, worse) pairs of successive rounds of one sample, as indices into ps (ps[k]: the
+    PSNR of round k, k = 0 the input), leaving out near-ties whose order cannot be learnt."""
+    return [(k + 1, k) if ps[k + 1] > ps[k] else (k, k + 1) for k in range(len(ps) - 1) if abs(ps[k + 1] - ps[k]) >= tie_db]
+
+
+def step_verify(model, b, gen, cfg, reference):
+    """Verification on the restorer's own rounds, ranked by the pixels the loop would return
+    (round 0: the input's own), plus the clean photo against a round (or, for a clean input,
+    against its tinted self); identification held to the frozen `reference` LQA (`keep`)."""
+    x_hq, R = b["hq"], len(ROUND_WEIGHTS)
+    z_hq, z_tint = encode(model, x_hq), encode(model, b["tint"])
+    zs = trajectory(model, encode(model, b["deg"]), R)
+    ps = round_psnr(model, zs, b["deg"], x_hq).tolist()
+    every = torch.stack(zs + [z_hq, z_tint])  # rows 0..R: rounds, R + 1: clean, R + 2: tinted clean
+    pairs = []
+    for i, (p, (pick, _)) in enumerate(zip(ps, b["u"].tolist())):
+        pairs += [(g, w, i) for g, w in verify_pairs(p, cfg.tie_db)]
+        pairs.append((R + 1, R + 2, i) if b["clean"][i] else (R + 1, min(int(pick * (R + 1)), R), i))
+    dev = z_hq.device
+    g, w, i = torch.tensor(pairs, device=dev).T
+    better, worse = every[g, i], every[w, i]
+    a_better = (torch.rand(len(pairs), generator=gen) < 0.5).to(dev)
+    A = torch.where(a_better[:, None, None, None], better, worse)
+    B = torch.where(a_better[:, None, None, None], worse, better)
+    lqa = model.lqa
+    prefix = lqa.prompt_embeds(prompts.compare_segments(prompts.COMPARE[b["cq"]]), [model.lqa_view(A), model.lqa_view(B)])
+    _, cmp_loss = lqa.teacher_forced(prefix, ["Image A" if x else "Image B" for x in a_better.tolist()])
+
+    # The hidden states A_Q reads (identification of a round the loop assesses), held in place.
+    idx = torch.arange(len(z_hq), device=dev)
+    k = torch.tensor([min(int(u * R), R - 1) for _, u in b["u"].tolist()], device=dev)
+    z_k = model.lqa_view(every[k, idx])
+    seg = prompts.identify_segments(prompts.IDENTIFY[b["q"]])
+    hidden, _ = lqa.teacher_forced(lqa.prompt_embeds(seg, [z_k]), b["answers"])
+    with torch.no_grad():
+        ref, _ = reference.teacher_forced(reference.prompt_embeds(seg, [z_k]), b["answers"])
+    h, r = torch.cat(hidden), torch.cat(ref)
+    keep = (h - r).pow(2).mean() / r.pow(2).mean()
+    return cmp_loss + cfg.keep * keep, {"cmp": float(cmp_loss.detach()), "keep": float(keep.detach()),
+                                        "pairs": len(pairs) / len(z_hq)}
 
 
 def step_decoder(model, b, gen, cfg):
@@ -409,11 +519,12 @@ BATCH = {
     "decoder": batch_images,
     "lqa": batch_lqa,
     "uir": batch_pairs(composite_p=0.0),
-    "connector": batch_pairs(composite_p=0.5, clean_p=0.05),
+    "connector": batch_pairs(composite_p=0.5),
     "e2e": batch_pairs(composite_p=0.6, rounds=len(ROUND_WEIGHTS)),
+    "verify": batch_verify,
 }
 STEP = {"codec": step_codec, "uir": step_uir, "lqa": step_lqa, "connector": step_connector, "e2e": step_e2e,
-        "decoder": step_decoder}
+        "decoder": step_decoder, "verify": step_verify}
 
 
 class StageBatches(torch.utils.data.Dataset):
@@ -422,7 +533,7 @@ class StageBatches(torch.utils.data.Dataset):
 
     def __init__(self, stage: str, pool: PhotoPool, cfg: StageConfig, seed: int):
         self.stage, self.pool, self.cfg, self.seed = stage, pool, cfg, seed
-        self.make = partial(batch_lqa, identify=cfg.identify) if stage == "lqa" else BATCH[stage]
+        self.make = BATCH[stage]
 
     def __len__(self) -> int:
         return self.cfg.steps
@@ -430,7 +541,7 @@ class StageBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict:
         rng = np.random.default_rng([self.seed, STAGE_SEED[self.stage], step])
         crop, batch = self.cfg.draw(rng)
-        return self.make(self.pool, rng, batch, crop)
+        return self.make(self.pool, rng, batch, crop, self.cfg)
 
 
 def to_device(b: dict, device: torch.device) -> dict:
@@ -488,7 +599,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int = 0, preset: str = "compact",
                 init: Path | None = None, quiet: bool = False, device: str = "auto", workers: int | None = None,
-                budget_s: float | None = None) -> Path:
+                budget_s: float | None = None, pool: PoolConfig = PoolConfig()) -> Path:
     """Train one stage from the previous stage's model (or `init`), resuming any saved state.
 
     The codec stage builds a fresh model of `preset` unless `init` gives one. `budget_s` fits the
@@ -513,13 +624,15 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
         model = build_model(RARConfig.preset(preset), seed=seed)
     model.to(dev).train()
     step_fn = STEP[stage]
+    if stage == "verify":  # the stage's starting LQA (a resumed run's too: copied before the state loads), frozen
+        step_fn = partial(step_verify, reference=copy.deepcopy(model.lqa).requires_grad_(False))
     params = trainable(model, stage)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     state_file = out / f"state-{stage}.safetensors"
     start = load_state(state_file, model, opt) if state_file.is_file() else 0
     if start:
         print(f"resuming stage '{stage}' at step {start}/{cfg.steps}")
-    pool = PhotoPool(data)
+    pool = PhotoPool(data, cfg=pool)
     if workers is None:  # on a CPU the cores are busy with the model; on a GPU they make the data
         workers = min(8, max(0, (os.cpu_count() or 1) - 2)) if dev.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(
@@ -567,8 +680,8 @@ def add_train_subparser(sub) -> None:
     t = sub.add_parser("train", help="train a RAR model stage by stage (resumable)",
                        description="Train a RAR model on your photos, stage by stage, with a named recipe. "
                                    "Rerun the same command to resume a stopped run.")
-    t.add_argument("--stage", choices=STAGES + ("all",), required=True,
-                   help="one stage (it starts from the previous stage's model in --out) or all of them in order")
+    t.add_argument("--stage", choices=STAGES + OPTIONAL + ("all",), required=True,
+                   help="one stage (it starts from the previous stage's model in --out) or all of the recipe's in order")
     t.add_argument("--recipe", default="compact", choices=sorted(RECIPES),
                    help="stage sizes and architecture (default: compact, the built-in model's recipe)")
     t.add_argument("--data", default="data", help="folder written by scripts/fetch_data.py (its manifest's train split)")
@@ -591,13 +704,15 @@ def stage_config(recipe: Recipe, stage: str, steps: int | None = None) -> StageC
 def cmd_train(args) -> int:
     if args.steps is not None and args.steps < 1 or args.budget_s is not None and args.budget_s <= 0:
         raise SystemExit("--steps and --budget-s must be positive")
-    train_files(Path(args.data))  # before any work: a missing photo folder is the likeliest mistake
     recipe = RECIPES[args.recipe]
-    stages = STAGES if args.stage == "all" else (args.stage,)
+    if args.stage not in recipe.stages + ("all",):
+        raise SystemExit(f"recipe '{recipe.name}' has no {args.stage} stage; its stages: {', '.join(recipe.stages)}")
+    train_files(Path(args.data))  # before any work: a missing photo folder is the likeliest mistake
+    stages = recipe.stages if args.stage == "all" else (args.stage,)
     path = None
     for stage in stages:
         path = train_stage(stage, Path(args.out), Path(args.data), stage_config(recipe, stage, args.steps), args.seed,
-                           recipe.preset, quiet=args.quiet, device=args.device, budget_s=args.budget_s)
+                           recipe.preset, quiet=args.quiet, device=args.device, budget_s=args.budget_s, pool=recipe.pool)
     if args.export and path is not None:
         model = load_rar(path)
         save_rar(model, args.export, {"stage": "final"}, dtype=torch.float16)  # half the bytes to ship

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """GPU latency of one RAR round at the official sizes (preset sd35m), with random weights.
 
-Per round, as the official inference (rar-official-layout.md Sec. 6): LQA identification on the
-current latent, the connector A_Q, the restorer's K Euler steps (4), LQA comparison of the new
-latent with the previous one. Each stage is timed with CUDA events after warm-up rounds, at
+Per round, the loop's own round (rar_core.loop.attempt): LQA identification on the current
+latent, the connector A_Q and the restorer's K Euler steps (4, in the preset's windows), LQA
+comparison of the new latent with the previous one. Each stage is timed with CUDA events after warm-up rounds, at
 256x256 and 512x512 (SD3 latents 16x32x32 and 16x64x64), batch 1, bf16; peak GPU memory is
 recorded per resolution. Random weights change no shape and no amount of work: answers are
 chosen by scoring the candidate set (rar_core's fast LQA), so the cost does not depend on what
@@ -33,11 +33,10 @@ import torch  # noqa: E402
 
 from rar_core.report import replace_section  # noqa: E402
 
-STAGES = ("identify", "connector", "restore", "compare")
+STAGES = ("identify", "restore", "compare")  # in the order the loop enters them
 STAGE_NAMES = {
     "identify": "LQA identify",
-    "connector": "connector A_Q",
-    "restore": "restorer (K steps)",
+    "restore": "A_Q + restorer (K steps)",
     "compare": "LQA compare",
 }
 MARK_START = "<!-- bench_gpu:start -->"
@@ -91,7 +90,7 @@ def build_random_model(preset: str, device: torch.device, dtype: torch.dtype):
     """RAR(preset) with random weights, constructed directly on the device in `dtype`."""
     from rar_core.checkpoint import attach_tokenizer
     from rar_core.config import RARConfig
-    from rar_core.loop import RAR
+    from rar_core.model import RAR
 
     cfg = RARConfig.preset(preset)
     torch.manual_seed(0)
@@ -109,20 +108,27 @@ def build_random_model(preset: str, device: torch.device, dtype: torch.dtype):
 
 @torch.no_grad()
 def one_round(model, z: torch.Tensor, timer: StageTimer) -> torch.Tensor:
-    """identify -> A_Q -> K Euler steps -> compare, each stage timed; returns the accepted latent."""
-    from rar_core.uir import FlowEuler
+    """One round of the loop (rar_core.loop.attempt, adaptive), its stages timed at the model's
+    stage hooks (identify, A_Q + restore, compare); returns the kept latent."""
+    from rar_core.loop import LoopState, attempt
 
-    cfg = model.config
-    with timer.stage("identify"):
-        assessment = model.assess(z)
-    with timer.stage("connector"):
-        context, pooled = model.connector.condition(assessment.hidden)
-    with timer.stage("restore"):
-        flow = FlowEuler(cfg.uir.steps, cfg.uir.flow_shift)
-        z_new = flow.sample(lambda x, s: model.uir(x, s, context, pooled), z.float())
-    with timer.stage("compare"):
-        improved, _ = model.verify(z_new, z)
-    return torch.where(improved.to(z.device).view(-1, 1, 1, 1), z_new, z)
+    names, current = iter(STAGES), []
+
+    def next_stage(part: str | None = None) -> None:
+        if current:
+            current.pop().__exit__(None, None, None)
+        if part is not None:
+            current.append(timer.stage(next(names)))
+            current[-1].__enter__()
+
+    model.stage_hook = next_stage
+    try:
+        state = LoopState.start(z.clone())
+        state.fold(attempt(model, state))
+    finally:
+        next_stage()
+        model.stage_hook = None
+    return state.z
 
 
 def bench_resolution(model, size: int, warmup: int, rounds: int, device: torch.device) -> dict:

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rar_core import degrade as D  # noqa: E402
 from rar_core import train as T  # noqa: E402
 from rar_core.checkpoint import default_model_path, load_rar, read_metadata, save_rar  # noqa: E402
+from rar_core.loop import trajectory  # noqa: E402
 from rar_core.config import RARConfig  # noqa: E402
 
 MARGINS = (-2.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -40,7 +41,7 @@ def record(model, pool, n, size, seed, rounds=4):
         clean.append(c)
         deg.append(s.image)
     x_hq, x = T.to_tensor(clean), T.to_tensor(deg)
-    zs = T.loop_rounds(model, model.encode(x), rounds)
+    zs = trajectory(model, model.encode(x), rounds)
     lo = torch.stack([model.verify_log_odds(new, prev) for prev, new in zip(zs, zs[1:])], 1)
     return T.round_psnr(model, zs, x, x_hq).double().numpy(), lo.double().numpy()
 

@@ -91,7 +91,7 @@ def test_every_key_maps_and_report_is_clean(layered):
     assert "llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in skipped
     assert any("vision_proj.weight" in k for k in skipped)
     # the output is exactly rar_core's RAR state_dict (no codec), key for key and shape for shape
-    from rar_core.loop import RAR
+    from rar_core.model import RAR
 
     cfg = RARConfig.from_json(json.loads(json.dumps(_metadata(out)))["config"])
     with torch.device("meta"):
@@ -109,7 +109,7 @@ def _metadata(path: Path) -> dict:
 
 def test_official_sizes_map_completely_into_the_sd35m_preset():
     """Shape-only check at the real sizes: the official layout fills RAR(sd35m) exactly."""
-    from rar_core.loop import RAR
+    from rar_core.model import RAR
 
     with torch.device("meta"):
         model = RAR(RARConfig.preset("sd35m"), with_codec=False)

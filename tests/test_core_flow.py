@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rar_core.loop import Assessment
+from rar_core.model import Assessment
 from rar_core.uir import FlowEuler, flow_loss, flow_pair, sample_s
 
 

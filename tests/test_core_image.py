@@ -27,7 +27,8 @@ from rar_core.image import (
     save_image,
     to_rgb,
 )
-from rar_core.loop import LatentError, restore_image
+from rar_core.model import LatentError
+from rar_core.loop import restore_image
 
 
 def rgb_array(w: int, h: int, seed: int = 0) -> np.ndarray:

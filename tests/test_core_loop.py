@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 
-from rar_core import prompts
-from rar_core.loop import RAR, Assessment, LatentError
+from rar_core import loop, prompts
+from rar_core.model import RAR, Assessment, LatentError
 
 H = W = 8  # latent size: a multiple of the tiny model's patch (2)
 
@@ -29,8 +29,10 @@ def accepted_so_far(z: torch.Tensor) -> list[int]:
 class Script:
     """Scripted LQA. verdicts[item] = list of accept (True) / reject (False) per verify call."""
 
-    def __init__(self, verdicts: dict[int, list[bool]] | None = None, hidden_dim: int = 32):
+    def __init__(self, verdicts: dict[int, list[bool]] | None = None, hidden_dim: int = 32,
+                 clean: dict[int, int] | None = None):
         self.verdicts = verdicts or {}
+        self.clean = clean or {}  # item -> after how many accepted rounds the LQA calls it clean
         self.hidden_dim = hidden_dim
         self.assess_calls: list[list[int]] = []  # item ids per call
         self.assess_rounds: list[list[int]] = []  # accepted-so-far per item per call
@@ -48,7 +50,8 @@ class Script:
             if restore:
                 script.assess_rounds.append(accepted_so_far(z))
             n = len(script.assess_calls)
-            answers = [f"label-{i}-call-{n}" for i in ids]
+            done = accepted_so_far(z) if restore else [0] * len(ids)
+            answers = ["Clean" if script.clean.get(i) == k else f"label-{i}-call-{n}" for i, k in zip(ids, done)]
             g = torch.Generator().manual_seed(n)
             hidden = [torch.randn(10 + i, script.hidden_dim, generator=g) for i in range(len(ids))]
             return Assessment(answers, hidden)
@@ -368,3 +371,51 @@ def test_lqa_view_assesses_and_verifies_the_central_window(tiny_model, sharpen, 
     raw = json.loads(cfg.to_json())
     del raw["lqa_view"]
     assert RARConfig.from_json(json.dumps(raw)).lqa_view == 0
+
+
+# ----- clean answers -----------------------------------------------------------------------
+
+
+def test_a_clean_answer_stops_the_item_and_restores_nothing(tiny_model, monkeypatch):
+    """stop_when_clean: an item the LQA calls clean keeps its latent and leaves the loop in that
+    round, without a restoration or a verification; the others go on."""
+    monkeypatch.setattr(tiny_model.config, "stop_when_clean", True)
+    script = Script(clean={1: 1, 2: 0}).install(monkeypatch)
+    res = tiny_model.run(start(3), max_rounds=4)
+    assert res.rounds == [4, 1, 0]
+    assert accepted_so_far(res.latent) == [4, 1, 0] and item_ids(res.latent) == [0, 1, 2]
+    assert script.restore_calls == [[0, 1], [0], [0], [0]]
+    assert script.verify_calls == [[0, 1], [0], [0], [0]]
+    for i, n in ((1, 2), (2, 1)):
+        last = res.trace[i][-1]
+        assert len(res.trace[i]) == n and last["answer"] == "Clean" and not last["accepted"]
+        assert last["verdict"] == loop.CLEAN_TEXT
+
+
+@pytest.mark.parametrize("mode,stop", [("adaptive", False), ("fixed", True)])
+def test_clean_answers_are_restored_without_the_setting_or_in_fixed_mode(tiny_model, monkeypatch, mode, stop):
+    """The paper's loop (stop_when_clean off, the official preset's) restores whatever it is
+    given; fixed mode restores exactly max_rounds times whatever the answer."""
+    monkeypatch.setattr(tiny_model.config, "stop_when_clean", stop)
+    Script(clean={0: 0}).install(monkeypatch)
+    res = tiny_model.run(start(1), max_rounds=2, mode=mode)
+    assert res.rounds == [2] and res.trace[0][0]["answer"] == "Clean"
+
+
+def test_judge_is_the_one_rule():
+    V = loop.Verdict
+    assert loop.judge("adaptive", ["Noise", "Clean", "Blur"], [True, True, False], True) == [V.ACCEPTED, V.CLEAN, V.REJECTED]
+    assert loop.judge("once", ["clean"], [True], False) == [V.ACCEPTED]
+    assert loop.judge("fixed", ["Clean", "Noise"], None, True) == [V.UNVERIFIED, V.UNVERIFIED]
+    assert [v.kept for v in V] == [True, False, True, False]
+
+
+def test_folding_a_copy_leaves_the_state_as_it_was():
+    """RAR Iterate folds each round into a copy: a graph expansion's cached input must not change."""
+    state = loop.LoopState.start(start(2))
+    before = state.z.clone()
+    r = loop.Round(["a", "b"], [loop.Verdict.ACCEPTED, loop.Verdict.REJECTED], ["Image A", "Image B"], start(2) + 1)
+    new = state.copy()
+    new.fold(r)
+    assert torch.equal(state.z, before) and state.active == [0, 1] and state.trace == [[], []] and state.n == 0
+    assert new.active == [0] and new.rounds == [1, 0] and accepted_so_far(new.z) == [1, 0] and new.n == 1

@@ -10,7 +10,7 @@ from rar_core import prompts
 from rar_core.checkpoint import attach_tokenizer, build_model
 from rar_core.cli import parameter_table
 from rar_core.config import COMPACT_LABELS, OFFICIAL_LABELS, RARConfig
-from rar_core.loop import RAR
+from rar_core.model import RAR
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from rar_core import tiling
 from rar_core.config import RARConfig
-from rar_core.loop import RAR, Assessment, restore_image
+from rar_core.model import RAR, Assessment
+from rar_core.loop import restore_image
 from rar_core.uir import FlowEuler
 
 # ----- the tiler ---------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rar_core import checkpoint, image as rar_image, prompts
-from rar_core.loop import MODES, Assessment, restore_image
+from rar_core.model import Assessment
+from rar_core.loop import MODES, restore_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,7 @@ from official_fixtures import build_release
 from rar_core import convert as C
 from rar_core import prompts
 from rar_core.checkpoint import load_rar
-from rar_core.loop import RAR, LatentError
+from rar_core.model import RAR, LatentError
 
 
 @pytest.fixture(scope="module")

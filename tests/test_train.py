@@ -49,8 +49,10 @@ def test_primary_label_is_the_outermost_degradation():
 
 
 def _tiny_recipe(steps: int = 2) -> T.Recipe:
-    cfg = T.StageConfig(steps=steps, batch=2, crop=32, lr=1e-3, log_every=1, save_every=1)
-    return T.Recipe("tiny", "compact", **{stage: cfg for stage in T.STAGES})
+    """Every stage, the optional verify stage included, and a pool with every kind of crop."""
+    cfg = T.StageConfig(steps=steps, batch=2, crop=32, lr=1e-3, log_every=1, save_every=1, clean_p=0.5)
+    return T.Recipe("tiny", "compact", **{stage: cfg for stage in T.STAGES}, verify=cfg,
+                    pool=T.PoolConfig(synthetic=1, synthetic_p=0.3, bright_p=0.3))
 
 
 def _rar_train(argv: list[str]) -> int:
@@ -70,7 +72,7 @@ def test_stage_all_chains_every_stage_exports_and_resumes(tmp_path, data_dir, ti
     before = build_model(tiny_config, seed=0).state_dict()
     assert _rar_train(["--stage", "all", "--recipe", "tiny", "--data", str(data_dir), "--out", str(out),
                        "--device", "cpu", "-q", "--export", str(export)]) == 0
-    for stage in T.STAGES:
+    for stage in (*T.STAGES, "verify"):
         assert T.stage_path(out, stage).is_file()
         log = [json.loads(line) for line in (out / f"log-{stage}.jsonl").read_text().splitlines()]
         assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
@@ -85,8 +87,11 @@ def test_stage_all_chains_every_stage_exports_and_resumes(tmp_path, data_dir, ti
     assert {"codec", "lqa", "connector", "uir"} <= changed
     # the codec stage calibrates the latent normalisation (zero mean, unit std), and it travels on
     assert final.config.codec.scale != 1.0
+    verify = load_rar(T.stage_path(out, "verify")).state_dict()
+    assert all(torch.allclose(final.state_dict()[k].float(), verify[k], atol=1e-2, rtol=1e-2) for k in verify)
+    # the verify stage, last, trains the LQA alone
     decoder = load_rar(T.stage_path(out, "decoder")).state_dict()
-    assert all(torch.allclose(final.state_dict()[k].float(), decoder[k], atol=1e-2, rtol=1e-2) for k in decoder)
+    assert {k.split(".")[0] for k in decoder if not torch.equal(decoder[k], verify[k])} == {"lqa"}
 
     # resume: a longer run of a finished stage continues from its saved step
     assert _rar_train(["--stage", "uir", "--recipe", "tiny", "--steps", "3", "--data", str(data_dir),
@@ -172,9 +177,9 @@ def test_train_cli_offers_the_recipe_not_its_experiments():
     assert flags == {"--help", "--stage", "--recipe", "--data", "--out", "--export", "--device", "--steps",
                      "--budget-s", "--seed", "--quiet"}
     stage = next(a for a in train._actions if a.dest == "stage")
-    assert tuple(stage.choices) == (*T.STAGES, "all")
-    with pytest.raises(SystemExit):
-        parser.parse_args(["train", "--stage", "verify"])
+    assert tuple(stage.choices) == (*T.STAGES, "verify", "all")
+    with pytest.raises(SystemExit, match="recipe 'compact' has no verify stage"):
+        _rar_train(["--stage", "verify", "--recipe", "compact"])
 
 
 def test_experiment_recipes_still_build():
@@ -218,10 +223,10 @@ def test_lqa_identify_share_sets_the_batch_kinds(data_dir):
     assert set(kinds(replace(cfg, identify=0.0))) == {"compare"}
     mostly = kinds(replace(cfg, identify=0.8))
     assert mostly.count("identify") > half.count("identify")
-    # the recipe's share (0.5) draws what batch_lqa draws by default
-    rng = np.random.default_rng([0, T.STAGE_SEED["lqa"], 3])
-    side, n = cfg.draw(rng)
-    assert T.batch_lqa(pool, rng, n, side)["kind"] == half[3]
+    # identification batches hold clean photos at the recipe's share, answered "Clean"
+    answers = [a for i in range(40) for b in [T.StageBatches("lqa", pool, replace(cfg, identify=1.0, batch=8), 0)[i]]
+               for a in b["answers"]]
+    assert 0.05 < answers.count(T.CLEAN) / len(answers) < 0.25  # the recipe's 0.12 of 320 answers
 
 
 def test_e2e_compare_weight_scales_the_verification_loss(data_dir, tiny_factory):
@@ -243,7 +248,7 @@ def test_pool_crops_keep_the_pixels_at_scale_one(data_dir):
     """A crop the side of the image's short edge is a plain window of it (no resampling)."""
     pool = T.PhotoPool(data_dir)
     i = min(range(len(pool.images)), key=lambda k: min(pool.images[k].shape[:2]))
-    pool.images, pool._pil = [pool.images[i]], [pool._pil[i]]
+    pool.images, pool._pil, pool.photos = [pool.images[i]], [pool._pil[i]], 1
     side = min(pool.images[0].shape[:2])
     crop = pool.crop(np.random.default_rng(0), side)
     img = pool.images[0]
@@ -253,7 +258,7 @@ def test_pool_crops_keep_the_pixels_at_scale_one(data_dir):
     assert small.shape == (side // 2, side // 2, 3) and 0 <= small.min() and small.max() <= 1
 
 
-@pytest.mark.parametrize("stage", ["lqa", "e2e"])
+@pytest.mark.parametrize("stage", ["lqa", "e2e", "verify"])
 def test_batches_depend_on_seed_and_step_only(data_dir, stage):
     """A loader worker, a resumed run and an unbroken run all build the same batch for a step."""
     pool = T.PhotoPool(data_dir)
@@ -312,3 +317,46 @@ def test_round_psnr_scores_round_zero_on_the_input_pixels(tiny_factory):
     assert torch.allclose(ps[:, 0], expected0, atol=1e-4) and torch.allclose(ps[:, 1], expected1, atol=1e-4)
 
 
+
+
+def test_pool_mixes_flat_graphics_and_bright_exposures(data_dir):
+    """The recipe's pool: a share of crops from the rendered graphics, a share of photo crops
+    lifted bright; with neither (the old recipes) the draws are the photos' alone."""
+    plain, mixed = T.PhotoPool(data_dir), T.PhotoPool(data_dir, cfg=T.PoolConfig(synthetic=2, synthetic_p=0.5, bright_p=0.5))
+    assert len(plain.images) == plain.photos == 3 and len(mixed.images) == 3 + 2 * 4
+    levels = lambda pool: np.array([pool.crop(np.random.default_rng(i), 32).mean() for i in range(200)])  # noqa: E731
+    assert (levels(mixed) > 0.75).mean() > (levels(plain) > 0.75).mean() + 0.15
+    # without a mix the pool draws exactly what it drew before the mix existed
+    rng = np.random.default_rng(5)
+    assert np.array_equal(plain.crop(np.random.default_rng(5), 32), plain._crop(rng, 32, int(rng.integers(3))))
+
+
+def test_tint_darkens_and_saturates_or_lightens_and_pales():
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (16, 16, 3)).astype(np.float32)
+    spread = lambda a: float((a - a.mean(-1, keepdims=True)).std())  # noqa: E731
+    for seed in range(20):
+        y = T.tint(x, np.random.default_rng(seed))
+        darker = y.mean() < x.mean() - 0.01
+        assert darker or y.mean() > x.mean() + 0.01
+        assert (spread(y) > spread(x)) == darker
+
+
+def test_e2e_identifies_the_input_round_only_when_asked(data_dir, tiny_factory):
+    """identify_input_only: the LM loss is the input round's alone (restored rounds are not
+    labelled with the input's degradation), so the reported id loss changes and the flow does not."""
+    model = tiny_factory(seed=0)
+    cfg = replace(T.RECIPES["compact"].e2e, batch=2, crop=16, crops=())
+    b = T.StageBatches("e2e", T.PhotoPool(data_dir), cfg, seed=0)[0]
+    infos = []
+    for only in (False, True):
+        _, info = T.STEP["e2e"](model, b, torch.Generator().manual_seed(0), replace(cfg, identify_input_only=only))
+        infos.append(info)
+    assert infos[0]["flow"] == pytest.approx(infos[1]["flow"], rel=1e-5)
+    _, _, lm0 = T.condition_teacher(model, T.encode(model, b["deg"]), b["answers"], b["qs"][0])
+    assert infos[1]["id"] == pytest.approx(float(lm0), rel=1e-5)
+    assert abs(infos[0]["id"] - float(lm0)) > 1e-4  # the mean over rounds is another number
+
+
+def test_verify_pairs_rank_rounds_and_skip_near_ties():
+    pairs = T.verify_pairs([20.0, 22.0, 22.1, 21.0], tie_db=0.25)
+    assert pairs == [(1, 0), (2, 3)]  # round 1 beats the input; 1 vs 2 is a near-tie; 2 beats 3

@@ -5,7 +5,8 @@ import sys, json, time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import *
 from rar_core import prompts
-from rar_core.loop import restore_image, Assessment
+from rar_core.model import Assessment
+from rar_core.loop import restore_image
 from rar_core.train import null_condition
 from rar_core.uir import FlowEuler
 

@@ -3,7 +3,7 @@ PSNR change (round 1's predecessor is the input's pixels, as the loop returns th
 import sys, json, time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import *
-from rar_core.loop import Assessment
+from rar_core.model import Assessment
 
 model = load(sys.argv[1] if sys.argv[1] != "-" else None)
 tag = sys.argv[2]

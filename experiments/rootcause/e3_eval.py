@@ -6,7 +6,7 @@ import sys, json, time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import *
 from rar_core import degrade as D
-from rar_core.loop import Assessment
+from rar_core.model import Assessment
 
 model = load(sys.argv[1] if sys.argv[1] != "-" else None)
 tag = sys.argv[2]

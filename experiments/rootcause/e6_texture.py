@@ -4,7 +4,7 @@ peaks of the output-minus-input difference at periods 4/8/16 px; the same for th
 import sys, json
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import *
-from rar_core.loop import Assessment
+from rar_core.model import Assessment
 model = load(sys.argv[1] if len(sys.argv) > 1 else None)
 
 def peaks(d, periods):

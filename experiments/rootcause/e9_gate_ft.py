@@ -7,7 +7,7 @@ import sys, time, copy
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import *
 from rar_core import degrade as D, prompts
-from rar_core.loop import Assessment
+from rar_core.model import Assessment
 from rar_core.train import PhotoPool, StageConfig, trainable, to_tensor, primary, train_step, encode
 from rar_core.checkpoint import save_rar
 

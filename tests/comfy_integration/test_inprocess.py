@@ -149,14 +149,20 @@ def test_other_errors_are_not_mistaken_for_oom(pack, monkeypatch):
         node(pack, "RARLoop").execute(handle, latent, 2, 2, "fixed")
 
 
-def test_gate_skips_the_candidate_when_all_clean(pack):
-    Assessment = pack.rar_core.loop.Assessment
+def test_gate_skips_the_candidate_when_all_clean(pack, monkeypatch):
+    """With a model that stops on clean images (rar_core.loop.judge) the gate never asks for the
+    candidate of an all-clean batch; with one that does not, it always does."""
+    Assessment = pack.rar_core.model.Assessment
     gate = node(pack, "RARVerifyGate")
+    handle = load(pack)
+    monkeypatch.setattr(handle.config, "stop_when_clean", True)
     clean, dirty = Assessment(["Clean", "Clean"], []), Assessment(["Clean", "Noise"], [])
-    assert gate.check_lazy_status(None, None, None, clean) == ["previous"]
-    assert gate.check_lazy_status(None, {"samples": 0}, None, clean) == []
-    assert gate.check_lazy_status(None, None, None, dirty) == ["previous", "candidate"]
-    assert gate.check_lazy_status(None, None, None, None) == ["previous", "candidate"]
+    assert gate.check_lazy_status(handle, None, None, clean) == ["previous"]
+    assert gate.check_lazy_status(handle, {"samples": 0}, None, clean) == []
+    assert gate.check_lazy_status(handle, None, None, dirty) == ["previous", "candidate"]
+    assert gate.check_lazy_status(handle, None, None, None) == ["previous", "candidate"]
+    monkeypatch.setattr(handle.config, "stop_when_clean", False)
+    assert gate.check_lazy_status(handle, None, None, clean) == ["previous", "candidate"]
 
 
 def test_loader_keeps_no_reference(pack):
