@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import comfy.model_management as mm
 
 from ..rar_core import image as rar_image
+from ..rar_core.codec import denormalise, normalise
 from .model import RARHandle
 
 TAG = "rar_latent_format"   # which codec space the samples are in ("rar-compact", "sd3", ...)
@@ -71,7 +72,7 @@ def to_z(handle: RARHandle, latent: dict, device: torch.device) -> torch.Tensor:
     """
     samples = check_latent(handle, latent)
     cfg = _codec(handle)
-    z = (samples.to(device, torch.float32) - cfg.shift) * cfg.scale
+    z = normalise(samples.to(device, torch.float32), cfg)
     mult = handle.config.pixel_multiple // cfg.downsample
     ph, pw = (-z.shape[-2]) % mult, (-z.shape[-1]) % mult
     if ph or pw:
@@ -84,7 +85,7 @@ def from_z(handle: RARHandle, z: torch.Tensor, like: dict) -> dict:
     cfg = _codec(handle)
     h, w = like["samples"].shape[-2:]
     out = dict(like)
-    out["samples"] = (z[..., :h, :w].float() / cfg.scale + cfg.shift).to(mm.intermediate_device())
+    out["samples"] = denormalise(z[..., :h, :w].float(), cfg).to(mm.intermediate_device())
     out[TAG] = cfg.latent_format
     return out
 

@@ -22,7 +22,8 @@ import comfy.utils
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import GraphBuilder
 
-from ..rar_core.config import DEFAULT_ROUNDS, DEFAULT_STEPS, ROUNDS_LIMIT
+from ..rar_core.codec import denormalise, normalise
+from ..rar_core.config import DEFAULT_ROUNDS, DEFAULT_STEPS, PROTOCOLS, ROUNDS_LIMIT
 from ..rar_core.loop import CLEAN_TEXT, MODES, LoopState, Round, Verdict, judge, restore_image
 from . import latent as L
 from .model import RARHandle, is_oom
@@ -125,6 +126,11 @@ def loop_settings(max_rounds: int) -> list:
             io.Combo.Input("mode", options=list(MODES), default="adaptive", tooltip=TIPS["mode"])]
 
 
+def protocol_input():
+    """Appended after the shipped inputs of RAR Loop and RAR Restore Image (widget order is append-only)."""
+    return io.Combo.Input("protocol", options=list(PROTOCOLS), default="demo", optional=True, tooltip=TIPS["protocol"])
+
+
 def loop_outputs() -> list:
     """RAR Loop's and RAR Iterate's outputs (fresh objects: a schema owns its outputs)."""
     return [io.Latent.Output(tooltip=TIPS["latent_out"]),
@@ -143,13 +149,14 @@ class RARLoop(io.ComfyNode):
                 RarModel.Input("rar_model", tooltip=TIPS["rar_model"]),
                 io.Latent.Input("latent", tooltip=TIPS["latent"]),
                 *loop_settings(LOOP_MAX_ROUNDS),
+                protocol_input(),
             ],
             outputs=loop_outputs(),
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, rar_model: RARHandle, latent, max_rounds, steps, mode) -> io.NodeOutput:
+    def execute(cls, rar_model: RARHandle, latent, max_rounds, steps, mode, protocol="demo") -> io.NodeOutput:
         b, _, h, w = latent["samples"].shape
         f = rar_model.config.codec.downsample
         size = work_size(rar_model, h * f, w * f)
@@ -160,7 +167,7 @@ class RARLoop(io.ComfyNode):
         def work():
             with torch.inference_mode():
                 return rar_model.model.run(z, max_rounds=max_rounds, steps=steps, mode=mode, callback=bar.callback,
-                                           on_tile=bar.on_tile)
+                                           on_tile=bar.on_tile, protocol=protocol)
 
         with rar_model.staged_loading(2 * b, *size):
             res = with_oom_fallback(rar_model.model, work)
@@ -269,6 +276,7 @@ class RARRestoreImage(io.ComfyNode):
                 io.Image.Input("image", tooltip=TIPS["image"]),
                 *loop_settings(LOOP_MAX_ROUNDS),
                 io.Vae.Input("vae", optional=True, tooltip=TIPS["vae"]),
+                protocol_input(),
             ],
             outputs=[io.Image.Output(tooltip="The restored image(s), the same size as the input."),
                      io.String.Output(display_name="trace", tooltip=TIPS["trace"])],
@@ -276,7 +284,7 @@ class RARRestoreImage(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, rar_model: RARHandle, image, max_rounds, steps, mode, vae=None) -> io.NodeOutput:
+    def execute(cls, rar_model: RARHandle, image, max_rounds, steps, mode, vae=None, protocol="demo") -> io.NodeOutput:
         x = L.to_bchw(image)
         if rar_model.official:
             L.check_vae(rar_model, vae)
@@ -295,7 +303,7 @@ class RARRestoreImage(io.ComfyNode):
         def work():
             with torch.inference_mode():
                 return restore_image(rar_model.model, x, max_rounds, steps, mode, callback=bar.callback,
-                                     on_tile=bar.on_tile, **codec)
+                                     on_tile=bar.on_tile, protocol=protocol, **codec)
 
         with rar_model.staged_loading(2 * b, *size):
             res = with_oom_fallback(rar_model.model, work)
@@ -309,9 +317,9 @@ def vae_codec(handle: RARHandle, vae) -> dict:
     cfg = handle.config.codec
 
     def encode(x):
-        return (vae.encode(x.movedim(1, -1)).float() - cfg.shift) * cfg.scale
+        return normalise(vae.encode(x.movedim(1, -1)).float(), cfg)
 
     def decode(z):
-        return vae.decode((z.float() / cfg.scale + cfg.shift).to(mm.intermediate_device())).movedim(-1, 1).float()
+        return vae.decode(denormalise(z.float(), cfg).to(mm.intermediate_device())).movedim(-1, 1).float()
 
     return {"encode": encode, "decode": decode}

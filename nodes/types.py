@@ -23,6 +23,9 @@ TIPS = {
     "mode": "adaptive (the paper): assess, restore and verify every round; roll back and stop when the LQA "
             "prefers the previous latent. once: assess only before the first round, verify every round. "
             "fixed: exactly max_rounds rounds, never verified.",
+    "protocol": "demo (default): the official demo's loop, up to max_rounds restorations kept. paper-eval: the "
+                "paper's evaluation script, which discards its last round's restoration (at most max_rounds - 1 "
+                "kept) and draws its questions from the prompt lists.",
     "vae": "The SD3.5 VAE, for the official tier only. Leave it unconnected for the compact model, which has "
            "its own codec.",
     "latent_out": "The restored latent: for each image, its last accepted round (the input where no round was "

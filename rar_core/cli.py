@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_ROUNDS, DEFAULT_STEPS, PRESETS, ROUNDS_LIMIT
+from .config import DEFAULT_ROUNDS, DEFAULT_STEPS, MODES, PRESETS, PROTOCOLS, ROUNDS_LIMIT
 
 MIN_TILE = 256  # the codec's tiles overlap by an eighth: below 256 px the overlaps cost more than they save
 
@@ -293,7 +293,8 @@ def cmd_restore(args) -> int:
             try:
                 image, alpha = _load_quietly(src, batch.say)
                 t = time.perf_counter()
-                res = restore_image(model, image, args.max_rounds, args.steps, args.mode, args.seed, tile=args.tile)
+                res = restore_image(model, image, args.max_rounds, args.steps, args.mode, args.seed, tile=args.tile,
+                                    protocol=args.protocol)
                 save_image(res.image, dst, alpha, overwrite=args.overwrite)
             except Exception as e:  # one bad image never stops the batch
                 traces[str(src)] = {"output": None, "error": batch.fail(src, e)}
@@ -419,7 +420,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--max-rounds", type=int, default=DEFAULT_ROUNDS,
                    help=f"at most this many rounds, 1 to {ROUNDS_LIMIT} (default {DEFAULT_ROUNDS})")
     r.add_argument("--steps", type=int, default=None, help=f"Euler steps per round, at least 1 (default: the model's, {DEFAULT_STEPS})")
-    r.add_argument("--mode", choices=("adaptive", "fixed", "once"), default="adaptive")
+    r.add_argument("--mode", choices=MODES, default="adaptive",
+                   help="adaptive (default): re-assess and verify every round; fixed: exactly --max-rounds "
+                        "restorations, unverified; once: assess once, verify every round")
+    r.add_argument("--protocol", choices=PROTOCOLS, default="demo",
+                   help="demo (default): the official demo's loop; paper-eval: the paper's evaluation script "
+                        "(at most --max-rounds - 1 kept, questions drawn with --seed; docs/official.md)")
     r.add_argument("--trace", help="write the per-round trace as JSON (also for the finished images after Ctrl-C)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--tile", type=int, default=None,

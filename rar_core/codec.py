@@ -13,6 +13,18 @@ from torch import nn
 from .config import CodecConfig
 
 
+def normalise(latent: torch.Tensor, config: CodecConfig) -> torch.Tensor:
+    """The codec's raw latent -> the z every RAR stage reads (zero mean, unit std; SD3's shift and
+    scale for the official tier). The one place this is written: the nodes use it for latents
+    that ComfyUI's VAE made."""
+    return (latent - config.shift) * config.scale
+
+
+def denormalise(z: torch.Tensor, config: CodecConfig) -> torch.Tensor:
+    """z -> the codec's raw latent (what a VAE decodes)."""
+    return z / config.scale + config.shift
+
+
 class LatentCodec(nn.Module):
     def __init__(self, config: CodecConfig):
         super().__init__()
@@ -37,10 +49,10 @@ class LatentCodec(nn.Module):
         return self.config.latent_channels
 
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
-        return (latent - self.config.shift) * self.config.scale
+        return normalise(latent, self.config)
 
     def process_out(self, z: torch.Tensor) -> torch.Tensor:
-        return z / self.config.scale + self.config.shift
+        return denormalise(z, self.config)
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """image: [B,3,H,W] in [0,1] -> normalised latent z [B,C,H/f,W/f]."""

@@ -297,3 +297,5 @@ PRESETS = {"compact": compact, "compact-wide": compact_wide, "sd35m": sd35m}
 DEFAULT_ROUNDS = 4
 DEFAULT_STEPS = UIRConfig.steps
 ROUNDS_LIMIT = 100
+MODES = ("adaptive", "fixed", "once")  # the loop's modes (loop.run)
+PROTOCOLS = ("demo", "paper-eval")  # whose loop: the official demo's or the paper's evaluation (loop.run)

@@ -21,10 +21,25 @@ from enum import Enum
 import torch
 
 from . import prompts
-from .config import DEFAULT_ROUNDS
+from .config import DEFAULT_ROUNDS, MODES, PROTOCOLS
 from .model import RAR, Assessment, OnTile
 
-MODES = ("adaptive", "fixed", "once")
+# demo: the official demo's loop (run.py), up to max_rounds kept restorations and one fixed question
+# of each kind. paper-eval: the paper's evaluation script (scripts/test_autocomparison.py): its last
+# round's restoration is always discarded, so at most max_rounds - 1 are kept, the identification
+# question is drawn once per image and the comparison question every round (seeded here; the script
+# takes the first from its dataset's meta file). rar-official-layout.md section 6 has both.
+
+
+def questions(protocol: str, seed: int, rounds: int) -> tuple[str | None, list[str | None]]:
+    """(identification question, comparison question per round) of a protocol; None: the model's default."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "demo":
+        return None, [None] * rounds
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda pool: pool[int(torch.randint(len(pool), (1,), generator=g))]  # noqa: E731
+    return draw(prompts.IDENTIFY), [draw(prompts.COMPARE) for _ in range(rounds)]
 
 
 class Verdict(Enum):
@@ -119,13 +134,15 @@ class LoopState:
 
 
 @torch.no_grad()
-def attempt(model: RAR, state: LoopState, steps: int | None = None, on_tile: OnTile | None = None) -> Round:
+def attempt(model: RAR, state: LoopState, steps: int | None = None, on_tile: OnTile | None = None,
+            identify: str | None = None, compare: str | None = None) -> Round:
     """One round's stages on the active items: assess (or reuse the first assessment in "once"
-    mode), restore all but the clean ones, verify (but in fixed mode), judge."""
+    mode), restore all but the clean ones, verify (but in fixed mode), judge. `identify` and
+    `compare` are the questions (None: the model's defaults)."""
     mode = state.mode
     z = state.z[state.active]
     t0 = time.perf_counter()
-    assessment = state.assessment if mode == "once" and state.assessment is not None else model.assess(z)
+    assessment = state.assessment if mode == "once" and state.assessment is not None else model.assess(z, identify)
     stop = model.config.stop_when_clean and mode != "fixed"
     todo = [j for j, a in enumerate(assessment.answer) if not (stop and prompts.is_clean(a))]
     t1 = time.perf_counter()
@@ -137,7 +154,7 @@ def attempt(model: RAR, state: LoopState, steps: int | None = None, on_tile: OnT
     if mode == "fixed":
         texts = [Verdict.UNVERIFIED.value] * len(z)
     elif todo:
-        ok, said = model.verify(candidate[todo], z[todo])
+        ok, said = model.verify(candidate[todo], z[todo], compare)
         for j, o, t in zip(todo, ok.tolist(), said):
             improved[j], texts[j] = o, t
     t3 = time.perf_counter()
@@ -163,6 +180,8 @@ def run(
     mode: str = "adaptive",
     callback: Callable[[int, torch.Tensor], None] | None = None,
     on_tile: OnTile | None = None,
+    protocol: str = "demo",
+    seed: int = 0,
 ) -> LoopResult:
     """Repeat assess -> restore -> verify per item until it is rejected, clean, or max_rounds.
 
@@ -171,16 +190,20 @@ def run(
     once:     assess once (the official "offline" mode), then restore with the verify gate.
     `callback(round, z)` runs after every round (progress, previews, interrupts);
     `on_tile(done, total)` during each restoration, per batch of restorer windows (RAR.restore),
-    so a host can show finer progress and stop between tiles by raising.
+    so a host can show finer progress and stop between tiles by raising. `protocol` (PROTOCOLS)
+    is the official demo's loop or the paper's evaluation; `seed` draws the latter's questions.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be at least 1, got {max_rounds}")
     model.check_latent(z)
+    # paper-eval restores max_rounds times and discards the last; the discarded one is not computed
+    rounds = max_rounds - 1 if protocol == "paper-eval" else max_rounds
+    identify, compare = questions(protocol, seed, rounds)
     state = LoopState.start(z.to(model.device).float().clone(), mode)
-    while not state.done(max_rounds):
-        state.fold(attempt(model, state, steps, on_tile))
+    while not state.done(rounds):
+        state.fold(attempt(model, state, steps, on_tile, identify, compare[state.n]))
         if callback is not None:
             callback(state.n, state.z)
     return LoopResult(state.z, state.rounds, state.trace, tiles=len(model.restore_grid(*z.shape[-2:])))
@@ -217,6 +240,7 @@ def restore_image(
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_tile: OnTile | None = None,
+    protocol: str = "demo",
 ) -> ImageResult:
     """Image in, restored image out: pad, encode, loop on the whole latent, decode, crop.
 
@@ -226,7 +250,8 @@ def restore_image(
     passes the SD3.5 VAE's. The restorer's windows are the model's (`RAR.restore`); `tiles` in
     the result counts them. `on_tile(done, total)` runs between the codec's tiles and the
     restorer's (whose total is windows x steps). An item whose first round was rejected gets its
-    input pixels back: rolling back to the input must not cost a codec round trip.
+    input pixels back: rolling back to the input must not cost a codec round trip. `seed` samples
+    the codec's posterior (when the model does) and draws paper-eval's questions.
     """
     from .image import check_image_tensor, check_size, pad_to_multiple, to_rgb
 
@@ -239,7 +264,7 @@ def restore_image(
         z = model.encode(padded, torch.Generator(device="cpu").manual_seed(seed), on_tile=on_tile, tile=tile)
     else:
         z = encode(padded)
-    res = run(model, z, max_rounds, steps, mode, callback, on_tile)
+    res = run(model, z, max_rounds, steps, mode, callback, on_tile, protocol, seed)
     out = model.decode(res.latent, on_tile=on_tile, tile=tile) if decode is None else decode(res.latent)
     out = out[:, :, :h, :w].to(image.device, image.dtype)
     kept = torch.tensor([r == 0 for r in res.rounds], device=image.device)

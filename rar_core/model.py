@@ -214,8 +214,9 @@ class RAR(nn.Module):
 
     # ----- the loop --------------------------------------------------------------------
     def run(self, z: torch.Tensor, max_rounds: int = DEFAULT_ROUNDS, steps: int | None = None, mode: str = "adaptive",
-            callback: Callable[[int, torch.Tensor], None] | None = None, on_tile: OnTile | None = None):
+            callback: Callable[[int, torch.Tensor], None] | None = None, on_tile: OnTile | None = None,
+            protocol: str = "demo", seed: int = 0):
         """The Restore-Assess-Repeat loop on z (loop.run)."""
         from .loop import run
 
-        return run(self, z, max_rounds, steps, mode, callback, on_tile)
+        return run(self, z, max_rounds, steps, mode, callback, on_tile, protocol, seed)

@@ -102,6 +102,19 @@ def test_restore_fixed_mode_runs_exactly_n_rounds(tmp_path, tiny_model_path):
     assert [e["verdict"] for e in item["trace"]] == ["not verified"] * 2
 
 
+def test_paper_eval_protocol_keeps_one_round_less(tmp_path, tiny_model_path):
+    """--protocol paper-eval: the evaluation script discards its last round, so fixed mode with
+    --max-rounds 3 keeps 2, and --max-rounds 1 gives back the input's own pixels."""
+    src = write_image(tmp_path / "x.png", 24, 24)
+    trace_file = tmp_path / "t.json"
+    base = ["restore", str(src), "--model", str(tiny_model_path), "--mode", "fixed", "--steps", "1",
+            "--protocol", "paper-eval", "-q"]
+    assert main(base + ["-o", str(tmp_path / "a.png"), "--max-rounds", "3", "--trace", str(trace_file)]) == 0
+    assert json.loads(trace_file.read_text())[str(src)]["rounds"] == 2
+    assert main(base + ["-o", str(tmp_path / "b.png"), "--max-rounds", "1"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), np.asarray(Image.open(src)))
+
+
 def test_restore_is_deterministic(tmp_path, tiny_model_path):
     src = write_image(tmp_path / "x.png", 28, 20, seed=3)
     outs = []

@@ -40,6 +40,7 @@ class Script:
         self.restore_calls: list[list[int]] = []
         self.verify_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.asked: dict[int, int] = {}
+        self.questions: list[tuple[str, str | None]] = []  # (kind, question) per assess / verify call
 
     def install(self, monkeypatch, restore: bool = True):
         script = self
@@ -47,6 +48,7 @@ class Script:
         def assess(model, z, question=None, free=False):
             ids = item_ids(z) if restore else list(range(z.shape[0]))
             script.assess_calls.append(ids)
+            script.questions.append(("identify", question))
             if restore:
                 script.assess_rounds.append(accepted_so_far(z))
             n = len(script.assess_calls)
@@ -59,6 +61,7 @@ class Script:
         def verify(model, z_new, z_prev, question=None):
             ids = item_ids(z_prev) if restore else list(range(z_prev.shape[0]))
             script.verify_calls.append(ids)
+            script.questions.append(("compare", question))
             script.verify_pairs.append((z_new.clone(), z_prev.clone()))
             improved = []
             for i in ids:
@@ -419,3 +422,46 @@ def test_folding_a_copy_leaves_the_state_as_it_was():
     new.fold(r)
     assert torch.equal(state.z, before) and state.active == [0, 1] and state.trace == [[], []] and state.n == 0
     assert new.active == [0] and new.rounds == [1, 0] and accepted_so_far(new.z) == [1, 0] and new.n == 1
+
+
+# ----- protocols ---------------------------------------------------------------------------
+
+
+def test_demo_protocol_asks_the_default_questions(tiny_model, monkeypatch):
+    script = Script().install(monkeypatch)
+    res = tiny_model.run(start(1), max_rounds=3)
+    assert res.rounds == [3] and {q for _, q in script.questions} == {None}
+
+
+def test_paper_eval_keeps_one_round_less_and_draws_its_questions(tiny_model, monkeypatch):
+    """The evaluation script discards its last round (at most max_rounds - 1 kept), asks one
+    identification question per image and draws the comparison question every round, by seed."""
+    script = Script().install(monkeypatch)
+    res = tiny_model.run(start(2), max_rounds=4, protocol="paper-eval", seed=3)
+    assert res.rounds == [3, 3] and accepted_so_far(res.latent) == [3, 3]
+    ident = [q for k, q in script.questions if k == "identify"]
+    comp = [q for k, q in script.questions if k == "compare"]
+    assert len(ident) == len(comp) == 3 and len(set(ident)) == 1 and ident[0] in prompts.IDENTIFY
+    assert all(q in prompts.COMPARE for q in comp)
+    again = Script().install(monkeypatch)
+    tiny_model.run(start(2), max_rounds=4, protocol="paper-eval", seed=3)
+    assert again.questions == script.questions
+    seeds = set()
+    for seed in range(6):
+        other = Script().install(monkeypatch)
+        tiny_model.run(start(1), max_rounds=4, protocol="paper-eval", seed=seed)
+        seeds.add(tuple(other.questions))
+    assert len(seeds) > 1
+
+
+def test_paper_eval_with_one_round_returns_the_input(tiny_model, monkeypatch):
+    script = Script().install(monkeypatch)
+    z = start(1)
+    res = tiny_model.run(z, max_rounds=1, protocol="paper-eval")
+    assert res.rounds == [0] and res.trace == [[]] and torch.equal(res.latent, z)
+    assert script.assess_calls == [] and script.restore_calls == []
+
+
+def test_unknown_protocol_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        tiny_model.run(start(1), max_rounds=2, protocol="paper")

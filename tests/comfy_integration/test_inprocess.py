@@ -319,3 +319,16 @@ def test_loop_nodes_default_to_the_loops_settings(pack):
         assert inputs["max_rounds"].default == config.DEFAULT_ROUNDS
         assert inputs["steps"].default == config.DEFAULT_STEPS
     assert {i.id: i for i in node(pack, "RARLoop").define_schema().inputs}["max_rounds"].max == config.ROUNDS_LIMIT
+
+
+def test_loop_nodes_offer_the_paper_eval_protocol(pack):
+    """protocol paper-eval keeps one restoration less than max_rounds: with 1, the input comes back."""
+    handle = load(pack)
+    x = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    latent = node(pack, "RARLatentEncode").execute(handle, x)[0]
+    out = node(pack, "RARLoop").execute(handle, latent, 3, 1, "fixed", protocol="paper-eval")
+    assert out[1] == 2
+    out = node(pack, "RARLoop").execute(handle, latent, 1, 1, "adaptive", protocol="paper-eval")
+    assert out[1] == 0 and torch.allclose(out[0]["samples"], latent["samples"], atol=1e-5)  # z and back
+    image = node(pack, "RARRestoreImage").execute(handle, x, 1, 1, "adaptive", protocol="paper-eval")[0]
+    assert torch.equal(image, x)

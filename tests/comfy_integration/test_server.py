@@ -13,10 +13,10 @@ EXPECTED_INPUTS = {
     "RARAssess": ["rar_model", "latent"],
     "RARRestore": ["rar_model", "latent", "assessment", "steps"],
     "RARVerifyGate": ["rar_model", "previous", "candidate", "assessment"],
-    "RARLoop": ["rar_model", "latent", "max_rounds", "steps", "mode"],
+    "RARLoop": ["rar_model", "latent", "max_rounds", "steps", "mode", "protocol"],
     "RARIterate": ["rar_model", "latent", "max_rounds", "steps", "mode"],
     "RARLatentDecode": ["rar_model", "latent"],
-    "RARRestoreImage": ["rar_model", "image", "max_rounds", "steps", "mode", "vae"],
+    "RARRestoreImage": ["rar_model", "image", "max_rounds", "steps", "mode", "vae", "protocol"],
 }
 
 
