@@ -84,6 +84,23 @@ class _Patchable(torch.nn.Module):
 ALL_PARTS = ("codec", "lqa", "restorer")
 
 
+def pin_uncastable(patcher) -> int:
+    """After a partial load: move to the load device every weight and buffer that no comfy.ops
+    layer casts on the fly (norms of diffusers and transformers, A_Q's query tokens, patchify
+    convs, rotary tables), which ModelPatcher loads only while they fit; they are small. The
+    number of tensors moved."""
+    device, moved = patcher.load_device, 0
+    for module in patcher.model.modules():
+        if getattr(module, "comfy_cast_weights", False):
+            continue
+        for store in (module._parameters, module._buffers):
+            for key, t in store.items():
+                if t is not None and t.device != device:
+                    store[key] = torch.nn.Parameter(t.to(device), requires_grad=False) if store is module._parameters else t.to(device)
+                    moved += 1
+    return moved
+
+
 class RARHandle:
     """What a RAR_MODEL socket carries: the RAR module, its ModelPatcher and its file name."""
 
@@ -142,12 +159,17 @@ class RARHandle:
     def prepare(self, batch: int, height: int, width: int, parts=ALL_PARTS) -> torch.device:
         """Ask ComfyUI to load the weights of `parts` (evicting other models if needed); the device.
 
-        force_full_load because rar_core is built from plain torch.nn layers, which ModelPatcher
-        cannot partially load (only comfy.ops layers cast on the fly).
+        The model's layers are comfy.ops (RARModelLoader), so on a card too small for a part
+        ComfyUI loads what fits and casts the rest on the fly (lowvram); `pin_uncastable` then
+        loads the few small weights no comfy.ops layer holds.
         """
         patchers = [self.patchers[p] for p in parts if p in self.patchers]
-        mm.load_models_gpu(patchers, memory_required=self.estimate_memory(batch, height, width),
-                           force_full_load=True)
+        mm.load_models_gpu(patchers, memory_required=self.estimate_memory(batch, height, width))
+        for patcher in patchers:
+            if patcher.model.model_lowvram:
+                pin_uncastable(patcher)
+            for module in patcher.model.children():  # rar_core computes where ComfyUI loaded
+                module.rar_compute_device = patcher.load_device
         return patchers[0].load_device
 
     @contextlib.contextmanager

@@ -10,6 +10,7 @@ import os
 import torch
 
 import comfy.model_management as mm
+import comfy.ops
 from comfy_api.latest import io, ui
 
 from ..rar_core import checkpoint, prompts
@@ -74,8 +75,13 @@ class RARModelLoader(io.ComfyNode):
     def execute(cls, model_name, dtype) -> io.NodeOutput:
         path = model_path(model_name)
         try:
-            model = checkpoint.load_rar(path, device=mm.unet_offload_device(),
-                                        dtype=pick_dtype(dtype, mm.get_torch_device()))
+            compute = pick_dtype(dtype, mm.get_torch_device())
+            # ComfyUI's layers (comfy.ops), so that it may load the model in part and cast the rest
+            # on the fly; they also compute with weights stored in fp8.
+            checkpoint.read_metadata(path)  # a clear error for a file that is no RAR model, first
+            ops = comfy.ops.pick_operations(checkpoint.stored_fp8(path) or compute, compute,
+                                            load_device=mm.get_torch_device())
+            model = checkpoint.load_rar(path, device=mm.unet_offload_device(), dtype=compute, operations=ops)
         except checkpoint.CheckpointError as e:
             raise L.RARNodeError(f"Cannot load RAR model '{model_name}': {e}") from None
         return io.NodeOutput(RARHandle(model, model_name))

@@ -19,6 +19,7 @@ from . import prompts
 from .config import RARConfig
 from .lqa import tokenizer_from_json, word_tokenizer
 from .model import RAR
+from .operations import cast_floats, fp8_keys, use_operations
 
 FORMAT = "comfyui-rar"
 FORMAT_VERSION = 1
@@ -136,8 +137,25 @@ def check_safetensors_header(path: Path) -> None:
         raise CheckpointError(f"{path.name} is not a safetensors file (it does not start with a safetensors header)")
 
 
-def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> RAR:
-    """Load and validate a RAR model file. Raises CheckpointError naming every problem found."""
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+FP8_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def stored_fp8(path: str | Path) -> torch.dtype | None:
+    """The fp8 dtype a model file stores weights in (`rar convert --dtype fp8_e4m3fn`), or None."""
+    with safe_open(str(path), framework="pt") as f:
+        codes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    return next((FP8_DTYPES[c] for c in codes if c in FP8_DTYPES), None)
+
+
+def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             operations=None) -> RAR:
+    """Load and validate a RAR model file. Raises CheckpointError naming every problem found.
+
+    `operations`: a namespace of layer classes to build with (operations.use_operations), e.g.
+    ComfyUI's comfy.ops; with one, weights stored in fp8 stay so (its layers cast them), without
+    one they are widened to the compute dtype. `dtype` casts every other floating tensor.
+    """
     path = Path(path)
     meta = read_metadata(path)
     try:
@@ -147,6 +165,9 @@ def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     with_codec = meta.get("has_codec", "true") == "true"
     with torch.device("meta"):
         model = RAR(config, with_codec=with_codec)
+    fp8_ok = fp8_keys(model)
+    if operations is not None:
+        use_operations(model, operations)
     expected = model.state_dict()
 
     problems = []
@@ -163,8 +184,9 @@ def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
             shape = tuple(sl.get_shape())
             if shape != tuple(expected[k].shape):
                 problems.append(f"{k}: shape {shape}, expected {tuple(expected[k].shape)}")
-            if sl.get_dtype() not in ("F32", "F16", "BF16"):
-                problems.append(f"{k}: dtype {sl.get_dtype()}, expected a float type (F32, F16, BF16)")
+            if sl.get_dtype() not in FLOAT_DTYPES and not (sl.get_dtype() in FP8_DTYPES and k in fp8_ok):
+                problems.append(f"{k}: dtype {sl.get_dtype()}, expected a float type ({', '.join(FLOAT_DTYPES)}"
+                                f"{', or fp8 for a linear weight' if sl.get_dtype() in FP8_DTYPES else ''})")
         if problems:
             raise CheckpointError(f"{path.name} does not match its config ({config.name}): " + "; ".join(problems[:12]))
         try:
@@ -172,13 +194,17 @@ def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
         except Exception as e:
             raise CheckpointError(f"{path.name}: tensor data unreadable ({e}); the file is truncated or corrupt") from e
 
+    floats = [v.dtype for v in state.values() if v.is_floating_point() and v.dtype not in FP8_DTYPES.values()]
+    if operations is None:  # plain torch layers cannot compute with fp8 weights: widen them
+        wide = floats[0] if floats else torch.bfloat16
+        state = {k: v.to(wide) if v.dtype in FP8_DTYPES.values() else v for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     _rebuild_nonpersistent_buffers(model)
     model.to(device)
     if dtype is not None:
-        model.to(dtype)
-    elif torch.device(device).type == "cpu" and any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
-        model.float()  # half-precision files (the shipped model) compute in fp32 on CPUs
+        cast_floats(model, dtype)
+    elif torch.device(device).type == "cpu" and any(d in (torch.float16, torch.bfloat16) for d in floats):
+        cast_floats(model, torch.float32)  # half-precision files (the shipped model) compute in fp32 on CPUs
     attach_tokenizer(model, meta.get("tokenizer"))
     return model.eval()
 

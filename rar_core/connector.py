@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConnectorConfig
+from .operations import compute_dtype
 
 
 def pad_left(hidden: list[torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +96,7 @@ class QualityAdapter(nn.Module):
         self.clip_l_line = nn.Parameter(torch.eye(c.clip_l_dim))
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = self.input_proj.weight.dtype
+        dtype = compute_dtype(self)
         kv = self.input_proj(self.input_norm(hidden.to(dtype)))
         q = self.query_tokens.expand(hidden.shape[0], -1, -1)
         for block in self.transformer:

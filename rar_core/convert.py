@@ -39,7 +39,7 @@ import math
 import re
 import struct
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +51,11 @@ FORMAT_VERSION = "1"
 # Output key prefixes = the state_dict names of rar_core.model.RAR (codec excluded).
 UIR_PREFIX = "uir.transformer."
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+          # the linear layers' weights in fp8 (half of bf16's bytes), the rest in bf16: for ComfyUI,
+          # whose layers cast them on the fly (rar_core/operations.py); the CLI widens them at load
+          "fp8_e4m3fn": torch.float8_e4m3fn}
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value: saturate rather than overflow to NaN
 
 # Official LoRA hyper-parameters (iqa/config.yaml, Sec. 3.1): only alpha is needed, r is read
 # from the tensor shapes.
@@ -925,7 +929,7 @@ def check_config_consistency(cfg, uir: Mapping, conn: Mapping, a_i: Mapping, rep
 # Streaming safetensors writer
 
 
-_OUT_CODES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+_OUT_CODES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float8_e4m3fn: "F8_E4M3"}
 
 
 @dataclass
@@ -936,15 +940,18 @@ class OutTensor:
 
 
 def write_safetensors_streaming(path: Path, tensors: list[OutTensor], dtype: torch.dtype,
-                                metadata: Mapping[str, str]) -> None:
-    """Write a safetensors file one tensor at a time (the header is known from the shapes)."""
-    code = _OUT_CODES[dtype]
-    itemsize = torch.empty((), dtype=dtype).element_size()
+                                metadata: Mapping[str, str], fp8: Collection[str] = ()) -> None:
+    """Write a safetensors file one tensor at a time (the header is known from the shapes); the
+    keys in `fp8` are stored as float8_e4m3fn, the others in `dtype`."""
+    def dtype_of(key: str) -> torch.dtype:
+        return torch.float8_e4m3fn if key in fp8 else dtype
+
     header: dict = {"__metadata__": dict(metadata)}
     offset = 0
     for t in tensors:
-        n = math.prod(t.shape) * itemsize
-        header[t.key] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        d = dtype_of(t.key)
+        n = math.prod(t.shape) * torch.empty((), dtype=d).element_size()
+        header[t.key] = {"dtype": _OUT_CODES[d], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
@@ -957,7 +964,9 @@ def write_safetensors_streaming(path: Path, tensors: list[OutTensor], dtype: tor
                 value = t.produce()
                 if tuple(value.shape) != tuple(t.shape):
                     raise ConversionError(f"{t.key}: produced {list(value.shape)}, planned {list(t.shape)}")
-                value = value.to(dtype).contiguous().reshape(-1)
+                if t.key in fp8:
+                    value = value.float().clamp(-FP8_MAX, FP8_MAX)
+                value = value.to(dtype_of(t.key)).contiguous().reshape(-1)
                 f.write(value.view(torch.uint8).numpy().tobytes())
                 del value
         tmp.replace(path)
@@ -1278,7 +1287,8 @@ def convert_official(release_dir: str | Path, out_path: str | Path, dtype: str |
                      lora_alpha: float = OFFICIAL_LORA_ALPHA) -> ConversionReport:
     """Convert an official RAR release folder into one comfyui-rar safetensors file.
 
-    dtype: "bf16" (default, as the official inference), "fp16" or "fp32".
+    dtype: "bf16" (default, as the official inference), "fp16", "fp32", or "fp8_e4m3fn" (the linear
+      layers' weights in fp8, the rest in bf16).
     config: a RARConfig whose non-size fields (head counts, sampler settings, labels) are kept;
       default preset "sd35m". Sizes always come from the tensors.
     e2e: which end-to-end checkpoint (default epoch_5_step_60506_weight.pth, else latest.pth).
@@ -1294,8 +1304,17 @@ def convert_official(release_dir: str | Path, out_path: str | Path, dtype: str |
     plan = plan_conversion(files, config=config, lora_alpha=lora_alpha)
     out_path = Path(out_path).expanduser()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_safetensors_streaming(out_path, plan.tensors, dtype, plan.metadata)
-    plan.report.notes.append(f"wrote {len(plan.tensors)} tensors ({str(dtype).replace('torch.', '')}) to {out_path}")
+    fp8 = ()
+    if dtype == torch.float8_e4m3fn:
+        from .model import RAR
+        from .operations import fp8_keys
+
+        with torch.device("meta"):
+            fp8 = fp8_keys(RAR(plan.config, with_codec=False))
+        dtype = torch.bfloat16
+    write_safetensors_streaming(out_path, plan.tensors, dtype, plan.metadata, fp8)
+    kind = str(dtype).replace("torch.", "") + (f", {len(fp8)} linear weights in float8_e4m3fn" if fp8 else "")
+    plan.report.notes.append(f"wrote {len(plan.tensors)} tensors ({kind}) to {out_path}")
     return plan.report
 
 
@@ -1310,7 +1329,9 @@ def add_convert_subparser(subparsers) -> argparse.ArgumentParser:
                     "comfyui-rar safetensors file for models/rar.")
     p.add_argument("release_dir", help="the downloaded RAR_modelzoo folder")
     p.add_argument("-o", "--output", required=True, help="output .safetensors path")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="output dtype (default bf16)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                   help="output dtype (default bf16); fp8_e4m3fn stores the linear layers' weights in fp8 for "
+                        "ComfyUI (about half the memory), the rest in bf16")
     p.add_argument("--e2e", default=None,
                    help="end-to-end checkpoint to use (default RAR/checkpoints/epoch_5_step_60506_weight.pth, "
                         "else latest.pth)")

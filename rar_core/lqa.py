@@ -28,6 +28,7 @@ from transformers.models.llama.modeling_llama import LlamaModel
 from . import prompts
 from .config import AdapterConfig, LMConfig
 from .layers import PatchConv
+from .operations import compute_device, compute_dtype
 
 
 # transformers renamed the KV-cache argument and output field ("past_key_values" -> "cache").
@@ -193,12 +194,12 @@ class LQA(nn.Module):
         """[BOS] + text / image embeddings in order; text segments are tokenised separately."""
         emb = self.lm.get_input_embeddings()
         batch = images[0].shape[0]
-        device = emb.weight.device
+        device, dtype = compute_device(self), compute_dtype(self)
         parts = [emb(torch.tensor([[self.lm_config.bos_token_id]], device=device)).expand(batch, -1, -1)]
         it = iter(images)
         for seg in segments:
             if seg is None:
-                parts.append(self.embed_image(next(it)).to(emb.weight.dtype))
+                parts.append(self.embed_image(next(it)).to(dtype))
             else:
                 ids = torch.tensor([self._text_ids(seg)], device=device)
                 parts.append(emb(ids).expand(batch, -1, -1))

@@ -21,6 +21,7 @@ from .codec import LatentCodec
 from .config import DEFAULT_ROUNDS, RARConfig
 from .connector import QualityAdapter
 from .lqa import LQA, Answer
+from .operations import compute_device, compute_dtype
 from .uir import FlowEuler, Restorer
 
 OnTile = tiling.OnTile
@@ -69,7 +70,7 @@ class RAR(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the loop keeps its latents: the restorer's device."""
-        return next(self.uir.parameters()).device
+        return compute_device(self.uir)
 
     def _enter(self, stage: str) -> None:
         if self.stage_hook is not None:
@@ -77,7 +78,7 @@ class RAR(nn.Module):
 
     @staticmethod
     def _device_of(module: nn.Module) -> torch.device:
-        return next(module.parameters()).device
+        return compute_device(module)
 
     def check_latent(self, z: torch.Tensor) -> None:
         c = self.config.codec.latent_channels
@@ -121,7 +122,7 @@ class RAR(nn.Module):
 
     @staticmethod
     def _dtype(module: nn.Module) -> torch.dtype:
-        return next(module.parameters()).dtype
+        return compute_dtype(module)
 
     # ----- the three stages ------------------------------------------------------------
     def lqa_view(self, z: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import ConnectorConfig, UIRConfig
 from .layers import PatchConv
+from .operations import compute_dtype
 
 
 class Restorer(nn.Module):
@@ -49,7 +50,7 @@ class Restorer(nn.Module):
         self.transformer.pos_embed.proj.__class__ = PatchConv
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        dtype = self.transformer.dtype
+        dtype = compute_dtype(self.transformer)
         v = self.transformer(
             hidden_states=x.to(dtype),
             encoder_hidden_states=context.to(dtype),

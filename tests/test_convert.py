@@ -405,6 +405,44 @@ def test_default_dtype_is_bf16_and_fp16_option(tmp_path, layered):
         C.convert_official(rel.root, tmp_path / "x.safetensors", dtype="int8")
 
 
+def test_fp8_stores_the_linear_weights_in_fp8_and_the_rest_in_bf16(tmp_path, layered):
+    """--dtype fp8_e4m3fn: every linear layer's weight in float8_e4m3fn (about half of bf16's
+    bytes), every other tensor in bf16; the CLI's plain loader widens them, a loader with
+    operations keeps them."""
+    from rar_core.checkpoint import load_rar
+    from rar_core.model import RAR
+    from rar_core.operations import fp8_keys
+
+    rel, f32_path, _, t32 = layered
+    out = tmp_path / "fp8.safetensors"
+    report = C.convert_official(rel.root, out, dtype="fp8_e4m3fn", config=rel.config())
+    assert any("float8_e4m3fn" in n for n in report.notes)
+    plain = load_rar(out)
+    with torch.device("meta"):
+        linear = fp8_keys(RAR(plain.config, with_codec=False))
+    with safe_open(str(out), framework="pt") as f:
+        codes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        head = f.get_tensor("lqa.lm.lm_head.weight")
+    assert linear and {codes[k] for k in linear} == {"F8_E4M3"}
+    assert {c for k, c in codes.items() if k not in linear} == {"BF16"}
+    assert "lqa.lm.lm_head.weight" in linear and head.dtype == torch.float8_e4m3fn
+    ref = t32["lqa.lm.lm_head.weight"]
+    # e4m3 keeps 3 mantissa bits: a relative error of at most 2^-4 on normal values
+    torch.testing.assert_close(head.float(), ref.clamp(-448, 448).to(torch.float8_e4m3fn).float())
+    assert (head.float() - ref).abs().max() <= ref.abs().max() * 2 ** -4 + 2 ** -9
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}  # widened, computing on a CPU
+
+    class Ops:  # an operations namespace: subclasses of the torch layers (as comfy.ops are)
+        class Linear(torch.nn.Linear):
+            pass
+
+    kept = load_rar(out, operations=Ops)
+    dtypes = {n: p.dtype for n, p in kept.named_parameters()}
+    assert {dtypes[k] for k in linear} == {torch.float8_e4m3fn}
+    assert {d for k, d in dtypes.items() if k not in linear} == {torch.float32}
+    assert {n + ".weight" for n, m in kept.named_modules() if type(m) is Ops.Linear} == linear
+
+
 def test_full_resume_checkpoint_and_safetensors_llm(tmp_path):
     """latest.pth as a full training checkpoint (frozen LLM under peft names, optimizer, numpy
     RNG state) is read with weights_only=True; the LLM folder may hold safetensors shards."""

@@ -86,7 +86,8 @@ def test_prepare_asks_comfy_for_memory(pack, monkeypatch):
     node(pack, "RARAssess").execute(handle, latent)
     # each stage loads only its own part: the codec to encode, the LQA to assess
     assert [m for m, _ in calls] == [[handle.patchers["codec"]], [handle.patchers["lqa"]]]
-    assert all(kw["memory_required"] > 0 and kw["force_full_load"] for _, kw in calls)
+    # partial loads allowed: the layers are comfy.ops (test_partial_load_... below)
+    assert all(kw["memory_required"] > 0 and not kw.get("force_full_load") for _, kw in calls)
     assert latent["samples"].device == mm.intermediate_device()
 
 
@@ -332,3 +333,72 @@ def test_loop_nodes_offer_the_paper_eval_protocol(pack):
     assert out[1] == 0 and torch.allclose(out[0]["samples"], latent["samples"], atol=1e-5)  # z and back
     image = node(pack, "RARRestoreImage").execute(handle, x, 1, 1, "adaptive", protocol="paper-eval")[0]
     assert torch.equal(image, x)
+
+
+def test_partial_load_casts_weights_on_the_fly_and_matches_a_full_load(pack):
+    """The loader builds with comfy.ops, so under a small memory budget ComfyUI loads a part in
+    part (lowered weights counted) and casts the rest on the fly; the restoration then matches
+    the fully loaded one within bf16 tolerance."""
+    import comfy.ops
+    handle = load(pack, "tiny_official.safetensors", dtype="bf16")
+    model, patcher = handle.model, handle.patchers["restorer"]
+    linears = [m for m in model.uir.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, comfy.ops.disable_weight_init.Linear) for m in linears)
+    z = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = model.assess(z)
+    device = handle.prepare(1, 128, 128, ("restorer",))
+    full = model.restore(z, a, steps=2)
+    patcher.unpatch_model(device_to=patcher.offload_device)
+    budget = patcher.model_size() // 4
+    patcher.patch_model(device_to=device, lowvram_model_memory=budget)
+    try:
+        lowered = [m for m in patcher.model.modules() if getattr(m, "comfy_cast_weights", False)]
+        assert patcher.model.model_lowvram and len(lowered) > 0 and patcher.loaded_size() <= budget
+        part = model.restore(z, a, steps=2)
+    finally:
+        patcher.unpatch_model(device_to=patcher.offload_device)
+    assert torch.allclose(part, full, rtol=2e-2, atol=2e-2)  # bf16: 8 mantissa bits
+
+
+def test_fp8_model_file_keeps_its_linear_weights_in_fp8(pack, tmp_path):
+    """A `rar convert --dtype fp8_e4m3fn` file stays in fp8 in ComfyUI (manual_cast layers compute
+    in the loader's dtype) and restores close to the bf16 file."""
+    from safetensors.torch import load_file, save_file
+    from rar_core.checkpoint import read_metadata
+    from rar_core.model import RAR
+    from rar_core.operations import fp8_keys
+    import folder_paths
+    src = folder_paths.get_full_path("rar", "tiny_official.safetensors")
+    state, meta = load_file(src), read_metadata(src)
+    handle = load(pack, "tiny_official.safetensors", dtype="bf16")
+    with torch.device("meta"):
+        linear = fp8_keys(RAR(handle.config, with_codec=False))
+    state = {k: v.to(torch.float8_e4m3fn) if k in linear else v.to(torch.bfloat16) for k, v in state.items()}
+    folder = folder_paths.get_folder_paths("rar")[-1]
+    save_file(state, os.path.join(folder, "tiny_fp8.safetensors"), metadata=meta)
+    fp8 = load(pack, "tiny_fp8.safetensors", dtype="bf16")
+    dtypes = {n: p.dtype for n, p in fp8.model.named_parameters()}
+    assert {dtypes[k] for k in linear} == {torch.float8_e4m3fn}
+    assert {d for k, d in dtypes.items() if k not in linear} == {torch.bfloat16}
+    z = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for h in (handle, fp8):
+        h.prepare(1, 128, 128)
+        a = h.model.assess(z)
+        outs.append(h.model.restore(z, a, steps=2))
+    err = (outs[1] - outs[0]).abs().mean() / (outs[0] - z).abs().mean()
+    assert torch.isfinite(outs[1]).all() and err < 0.5  # e4m3 keeps 3 mantissa bits of each weight
+
+
+def test_pin_uncastable_moves_what_no_layer_casts(pack):
+    """After a partial load, weights held by no casting layer go to the load device; the lowered
+    layers' stay where they are (cast on the fly)."""
+    import types
+    lowered, plain = torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)
+    lowered.comfy_cast_weights = True
+    box = torch.nn.Module()
+    box.a, box.b = lowered, plain
+    box.register_buffer("table", torch.zeros(3))
+    moved = pack.nodes.model.pin_uncastable(types.SimpleNamespace(load_device=torch.device("meta"), model=box))
+    assert moved == 3  # LayerNorm weight and bias, the buffer
+    assert plain.weight.is_meta and box.table.is_meta and not lowered.weight.is_meta
