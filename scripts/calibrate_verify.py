@@ -1,16 +1,19 @@
 """Calibrate the verification margin of a compact RAR on training photos (never the eval set).
 
-Runs 4 fixed rounds on degraded crops of the training photos, recording after each round the
-PSNR of the decoded result and the verifier's summed log-odds (round k against round k-1). The
-adaptive loop with margin m stops at the first round whose log-odds are <= m and keeps the round
-before (round 0: the input pixels, as restore_image does), so every margin can be scored from one
-pass. Prints mean PSNR and rounds per margin; --write stores the best margin in the model file,
-with the LQA's view window (`lqa_view`, default: the compact preset's, the largest training crop).
-The best margin is the one with the highest mean PSNR among those whose loop keeps at most
---max-rounds rounds on average (issue 3's budget, 2.5), so a verifier that likes every round
-cannot buy a few hundredths of a dB with twice the compute.
+Runs 4 fixed rounds on crops of the training photos (a --clean share of them undegraded), and
+records after each round the PSNR of the decoded result, the verifier's summed log-odds (round k
+against round k-1) and whether the LQA calls the round clean. The adaptive loop with margin m
+stops at the first round whose log-odds are <= m and keeps the round before (round 0: the input
+pixels, as restore_image does), or, with the model's stop_when_clean, at the first round called
+clean; so every margin can be scored from one pass. Prints, per margin, mean PSNR, rounds, and the
+gate's two rates: worse rounds (by 0.5 dB or more) rejected and better ones accepted. --write
+stores the best margin in the model file, with the LQA's view window (`lqa_view`, default: the
+compact preset's, the largest training crop). The best margin is the one with the highest mean
+PSNR among those whose loop keeps at most --max-rounds rounds on average (2.5) and rejects at
+least --reject of the worse rounds when any margin does, so a verifier that likes every round
+cannot buy a few hundredths of a dB with twice the compute, or with harm to clean photos.
 
-    python scripts/calibrate_verify.py [--model M] [--samples 48] [--max-rounds 2.5] [--write]
+    python scripts/calibrate_verify.py [--model M] [--samples 48] [--clean 0.33] [--write]
 """
 import argparse
 import sys
@@ -24,37 +27,91 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rar_core import degrade as D  # noqa: E402
 from rar_core import train as T  # noqa: E402
 from rar_core.checkpoint import default_model_path, load_rar, read_metadata, save_rar  # noqa: E402
-from rar_core.loop import trajectory  # noqa: E402
+from rar_core import prompts  # noqa: E402
+from rar_core.loop import run  # noqa: E402
 from rar_core.config import RARConfig  # noqa: E402
 
 MARGINS = (-2.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+PSNR_CAP = 60.0  # a round identical to the clean photo (a clean input's round 0) counts as 60 dB
+GATE_DB = 0.5  # a round this much worse (better) than its predecessor should be rejected (accepted)
 
 
 @torch.no_grad()
-def record(model, pool, n, size, seed, rounds=4):
-    """psnr[i][k] (k = 0: input) and log-odds[i][k-1] of round k against round k-1."""
+def record(model, pool, n, size, seed, rounds=4, clean_share=0.0):
+    """psnr[i][k] (k = 0: input, capped at PSNR_CAP), log-odds[i][k-1] of round k against round
+    k-1, and clean[i][k]: the LQA calls round k clean (k < rounds)."""
     rng = np.random.default_rng([seed, 4242])  # a stream no training step draws from
     clean, deg = [], []
     for i in range(n):
         c = pool.crop(rng, size)
-        s = D.random_composite(c, rng) if i % 2 else D.random_single(c, rng)
+        if rng.random() < clean_share:
+            deg.append(c)
+        else:
+            deg.append((D.random_composite(c, rng) if i % 2 else D.random_single(c, rng)).image)
         clean.append(c)
-        deg.append(s.image)
     x_hq, x = T.to_tensor(clean), T.to_tensor(deg)
-    zs = trajectory(model, model.encode(x), rounds)
+    zs = [model.encode(x)]
+    res = run(model, zs[0], rounds, mode="fixed", callback=lambda k, z: zs.append(z.clone()))
     lo = torch.stack([model.verify_log_odds(new, prev) for prev, new in zip(zs, zs[1:])], 1)
-    return T.round_psnr(model, zs, x, x_hq).double().numpy(), lo.double().numpy()
+    called = np.array([[prompts.is_clean(r["answer"]) for r in t] for t in res.trace])
+    ps = T.round_psnr(model, zs, x, x_hq).double().clamp(max=PSNR_CAP).numpy()
+    return ps, lo.double().numpy(), called
 
 
-def simulate(ps, lo, margin):
+def stops(lo, margin, clean=None, stop_when_clean=False):
+    """The round each sample's adaptive loop keeps: before the first rejected round, or the first
+    round called clean (kept as it is)."""
+    R = lo.shape[1]
+    out = []
+    for i in range(len(lo)):
+        k = 0
+        while k < R and not (stop_when_clean and clean is not None and clean[i, k]) and lo[i, k] > margin:
+            k += 1
+        out.append(k)
+    return out
+
+
+def simulate(ps, lo, margin, clean=None, stop_when_clean=False):
     """Mean PSNR and accepted rounds of the adaptive loop with this margin."""
-    kept = [next((k for k in range(lo.shape[1]) if lo[i, k] <= margin), lo.shape[1]) for i in range(len(ps))]
+    kept = stops(lo, margin, clean, stop_when_clean)
     return float(np.mean([ps[i, k] for i, k in enumerate(kept)])), float(np.mean(kept))
 
 
-def pick_margin(scores: dict[float, tuple[float, float]], max_rounds: float) -> float:
-    """Highest mean PSNR (to 0.001 dB) among margins within the rounds budget; ties: the smallest
-    change (|margin|). With no margin within budget, the one with the fewest rounds."""
+def gate_rates(ps, lo, margin, clean=None, stop_when_clean=False):
+    """Of the rounds the adaptive loop verifies (up to its stop), the share of those GATE_DB worse
+    than their predecessor that it rejects, and of those GATE_DB better that it accepts (NaN: none)."""
+    kept = stops(lo, margin, clean, stop_when_clean)
+    worse, better = [], []
+    for i, k in enumerate(kept):
+        asked = k + 1 if k < lo.shape[1] and not (stop_when_clean and clean is not None and clean[i, k]) else k
+        for j in range(asked):
+            gain = ps[i, j + 1] - ps[i, j]
+            if gain <= -GATE_DB:
+                worse.append(lo[i, j] <= margin)
+            elif gain >= GATE_DB:
+                better.append(lo[i, j] > margin)
+    rate = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
+    return rate(worse), rate(better)
+
+
+def recipe_pool(name: str) -> T.PoolConfig:
+    """The photo pool of a training recipe, the shipped ones' or an experiment's."""
+    recipes = dict(T.RECIPES)
+    from experiments.recipes import EXPERIMENTS
+
+    recipes.update(EXPERIMENTS)
+    if name not in recipes:
+        raise SystemExit(f"unknown recipe {name!r}; choose one of {', '.join(sorted(recipes))}")
+    return recipes[name].pool
+
+
+def pick_margin(scores: dict[float, tuple[float, float]], max_rounds: float,
+                rejects: dict[float, float] | None = None, reject: float = 0.0) -> float:
+    """Highest mean PSNR (to 0.001 dB) among margins within the rounds budget that reject at least
+    `reject` of the worse rounds (when some margin does); ties: the smallest change (|margin|).
+    With no margin within budget, the one with the fewest rounds."""
+    if rejects is not None and any(rejects[m] >= reject for m in scores):
+        scores = {m: v for m, v in scores.items() if rejects[m] >= reject}
     ok = [m for m, (_, r) in scores.items() if r <= max_rounds]
     if not ok:
         return min(scores, key=lambda m: (scores[m][1], abs(m)))
@@ -72,6 +129,12 @@ def main():
                     help="latent side of the window the LQA looks at (0: the whole latent); stored with --write")
     ap.add_argument("--max-rounds", type=float, default=2.5,
                     help="mean accepted rounds the chosen margin may use on the calibration crops")
+    ap.add_argument("--recipe", default="compact",
+                    help="whose photo pool to draw from (bright exposures, flat graphics): a recipe of rar train "
+                         "or experiments/recipes.py (default compact)")
+    ap.add_argument("--clean", type=float, default=0.33, help="share of undegraded crops (default 0.33)")
+    ap.add_argument("--reject", type=float, default=0.95,
+                    help=f"share of rounds {GATE_DB} dB worse than their predecessor the margin must reject (default 0.95)")
     ap.add_argument("--write", action="store_true", help="store the best margin (and --lqa-view) in the model file")
     args = ap.parse_args()
     path = Path(args.model or default_model_path())
@@ -79,13 +142,17 @@ def main():
     model.config.lqa_view = args.lqa_view
     if model.config.verify_orders != 2:
         raise SystemExit("the margin applies to verification in both orders (verify_orders = 2)")
-    pool = T.PhotoPool(Path(args.data))
-    ps, lo = [], []
+    pool = T.PhotoPool(Path(args.data), cfg=recipe_pool(args.recipe))
+    ps, lo, called = [], [], []
     for start in range(0, args.samples, 8):
-        p, l_ = record(model, pool, min(8, args.samples - start), args.size, args.seed + start)
+        p, l_, c = record(model, pool, min(8, args.samples - start), args.size, args.seed + start, clean_share=args.clean)
         ps.append(p)
         lo.append(l_)
-    ps, lo = np.concatenate(ps), np.concatenate(lo)
+        called.append(c)
+    ps, lo, called = np.concatenate(ps), np.concatenate(lo), np.concatenate(called)
+    stop = model.config.stop_when_clean
+    print(f"the LQA calls {called[:, 0].mean():.0%} of the inputs clean"
+          f"{' (the loop stops there)' if stop else ' (the model does not stop on it)'}")
     print(f"{len(ps)} training crops: input {ps[:, 0].mean():.2f} dB, rounds 1-4 {ps[:, 1:].mean(0).round(2).tolist()}")
     oracle = ps.max(1)  # a verifier that always stopped at the best round (the headroom of the gate)
     print(f"oracle stop: {oracle.mean():.2f} dB at {ps.argmax(1).mean():.2f} rounds")
@@ -99,11 +166,12 @@ def main():
         c = clear[:, k]
         share = f"{right[c, k].mean():.0%}" if c.any() else "-"
         print(f"  round {k + 1} against {k}: {share} of {c.sum()} right, mean gain {gain[:, k].mean():+.2f} dB")
-    print("margin | mean PSNR | rounds")
-    scores = {m: simulate(ps, lo, m) for m in MARGINS}
+    print(f"margin | mean PSNR | rounds | worse by {GATE_DB} dB rejected | better by {GATE_DB} dB accepted")
+    scores = {m: simulate(ps, lo, m, called, stop) for m in MARGINS}
+    rates = {m: gate_rates(ps, lo, m, called, stop) for m in MARGINS}
     for m, (p, r) in scores.items():
-        print(f"{m:6.2f} | {p:9.2f} | {r:.2f}")
-    best = pick_margin(scores, args.max_rounds)
+        print(f"{m:6.2f} | {p:9.2f} | {r:6.2f} | {rates[m][0]:.0%} | {rates[m][1]:.0%}")
+    best = pick_margin(scores, args.max_rounds, {m: np.nan_to_num(v[0], nan=1.0) for m, v in rates.items()}, args.reject)
     print(f"best margin {best} within {args.max_rounds} rounds (was {model.config.verify_margin})")
     if args.write:
         model.config.verify_margin = float(best)

@@ -26,3 +26,39 @@ def test_pick_margin_respects_rounds_budget(cv):
     assert cv.pick_margin(scores, max_rounds=0.5) == 1.0
     # ties to 0.001 dB go to the smallest |margin|
     assert cv.pick_margin({-0.5: (23.0, 2.0), 0.2: (23.0004, 2.0), 1.0: (22.0, 1.0)}, 2.5) == 0.2
+
+
+def test_a_clean_answer_stops_the_simulated_loop(cv):
+    """With stop_when_clean the loop keeps the first round the LQA calls clean, whatever the
+    verifier would say about the next; without it the answer is ignored."""
+    ps = np.array([[60.0, 40.0, 35.0], [20.0, 23.0, 25.0]])
+    lo = np.array([[3.0, 3.0], [3.0, 3.0]])
+    called = np.array([[True, False], [False, True]])
+    assert cv.stops(lo, 0.0, called, stop_when_clean=True) == [0, 1]
+    assert cv.simulate(ps, lo, 0.0, called, True) == (np.mean([60.0, 23.0]), 0.5)
+    assert cv.stops(lo, 0.0, called, stop_when_clean=False) == [2, 2]
+
+
+def test_gate_rates_count_the_rounds_the_loop_asks_about(cv):
+    ps = np.array([[20.0, 19.0, 22.0], [20.0, 21.0, 20.9], [30.0, 29.0, 35.0]])
+    lo = np.array([[-1.0, 5.0], [2.0, 1.0], [2.0, -3.0]])
+    # margin 0: sample 0 rejects round 1 (1 dB worse: right) and is never asked about round 2;
+    # sample 1 accepts round 1 (1 dB better: right) and round 2 (0.1 dB: a near-tie, not counted);
+    # sample 2 accepts round 1 (1 dB worse: wrong), then rejects round 2 (6 dB better: wrong)
+    worse, better = cv.gate_rates(ps, lo, 0.0)
+    assert worse == 0.5 and better == 0.5
+
+
+def test_pick_margin_prefers_margins_that_reject_worse_rounds(cv):
+    scores = {0.0: (23.5, 2.0), 1.0: (23.3, 1.5), 2.0: (23.0, 1.0)}
+    assert cv.pick_margin(scores, 2.5) == 0.0
+    assert cv.pick_margin(scores, 2.5, {0.0: 0.8, 1.0: 0.96, 2.0: 0.99}, 0.95) == 1.0
+    # no margin rejects enough: the rate is no constraint
+    assert cv.pick_margin(scores, 2.5, {0.0: 0.8, 1.0: 0.9, 2.0: 0.9}, 0.95) == 0.0
+
+
+def test_recipe_pool_knows_the_experiments(cv):
+    assert cv.recipe_pool("compact").synthetic == 0
+    assert cv.recipe_pool("compact-clean").bright_p > 0
+    with pytest.raises(SystemExit, match="unknown recipe"):
+        cv.recipe_pool("nope")
