@@ -182,6 +182,7 @@ def _select(latent: dict, idx: list[int]) -> dict:
     out["samples"] = latent["samples"][idx]
     out.pop("noise_mask", None)
     out.pop("batch_index", None)
+    out.pop(L.GATE, None)  # an earlier gate's outcome, not this round's
     return out
 
 
@@ -215,6 +216,7 @@ class RARIterate(io.ComfyNode):
         max_rounds = min(max_rounds, ITERATE_MAX_ROUNDS)
         latent = dict(latent)
         state: LoopState | None = latent.pop(STATE, None)
+        latent.pop(L.GATE, None)  # a gate's outcome describes the latent it came out of, not this loop's
         if state is None:
             L.check_latent(rar_model, latent)
             L.check_fits(rar_model, latent)
@@ -255,7 +257,7 @@ class RARIterate(io.ComfyNode):
         bookkeeping (LoopState.fold), as RAR.run does; the gate's outcome rides in its latent."""
         state = state.copy()
         assessment = state.assessment if state.assessment is not None else round_assessment
-        gate = round_latent.get(L.GATE)
+        gate = round_latent.get(L.GATE) if state.mode != "fixed" else None
         improved = gate["improved"] if gate is not None else None
         verdicts = judge(state.mode, assessment.answer, improved, rar_model.config.stop_when_clean)
         texts = [CLEAN_TEXT if v is Verdict.CLEAN else gate["verdict"][j] if gate is not None else v.value

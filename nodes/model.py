@@ -16,6 +16,8 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
 
+from ..rar_core.operations import compute_dtype
+
 FOLDER = "rar"
 BUILTIN = "rar-compact (built-in)"
 
@@ -139,7 +141,7 @@ class RARHandle:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return compute_dtype(self.model)  # fp8 is storage (rar_core/operations.py)
 
     def estimate_memory(self, batch: int, height: int, width: int) -> int:
         """Rough activation bytes for a batch of height x width images (weights excluded).

@@ -380,6 +380,7 @@ def test_fp8_model_file_keeps_its_linear_weights_in_fp8(pack, tmp_path):
     dtypes = {n: p.dtype for n, p in fp8.model.named_parameters()}
     assert {dtypes[k] for k in linear} == {torch.float8_e4m3fn}
     assert {d for k, d in dtypes.items() if k not in linear} == {torch.bfloat16}
+    assert fp8.dtype == torch.bfloat16  # the compute dtype, which the memory estimate uses
     z = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
     outs = []
     for h in (handle, fp8):
