@@ -143,8 +143,8 @@ def attempt(model: RAR, state: LoopState, steps: int | None = None, on_tile: OnT
     z = state.z[state.active]
     t0 = time.perf_counter()
     assessment = state.assessment if mode == "once" and state.assessment is not None else model.assess(z, identify)
-    stop = model.config.stop_when_clean and mode != "fixed"
-    todo = [j for j, a in enumerate(assessment.answer) if not (stop and prompts.is_clean(a))]
+    first = judge(mode, assessment.answer, [True] * len(z), model.config.stop_when_clean)  # which are clean
+    todo = [j for j, v in enumerate(first) if v is not Verdict.CLEAN]
     t1 = time.perf_counter()
     candidate = z.clone()
     if todo:
