@@ -360,3 +360,22 @@ def test_e2e_identifies_the_input_round_only_when_asked(data_dir, tiny_factory):
 def test_verify_pairs_rank_rounds_and_skip_near_ties():
     pairs = T.verify_pairs([20.0, 22.0, 22.1, 21.0], tie_db=0.25)
     assert pairs == [(1, 0), (2, 3)]  # round 1 beats the input; 1 vs 2 is a near-tie; 2 beats 3
+
+
+def test_verify_step_trains_the_lqa_alone_on_every_sample(data_dir, tiny_factory):
+    """The verify stage: each sample gives its successive rounds' pairs plus one with the clean
+    photo (its tinted copy for a clean input); the loss reaches the LQA and nothing else."""
+    import copy
+
+    model = tiny_factory(seed=0)
+    cfg = replace(T.StageConfig(steps=1, batch=4, crop=32, lr=1e-3), clean_p=0.5)
+    b = T.StageBatches("verify", T.PhotoPool(data_dir), cfg, seed=0)[0]
+    assert 0 < int(b["clean"].sum()) < 4 and torch.equal(b["hq"][b["clean"]], b["deg"][b["clean"]])
+    assert not torch.equal(b["tint"], b["hq"])
+    params = T.trainable(model, "verify")
+    loss, info = T.STEP["verify"](model, b, torch.Generator().manual_seed(0), cfg,
+                                  reference=copy.deepcopy(model.lqa).requires_grad_(False))
+    assert torch.isfinite(loss) and info["pairs"] >= 1 and info["keep"] == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert all(p.grad is not None for p in params if p.requires_grad) and params
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("lqa."))
