@@ -19,7 +19,7 @@ from . import prompts
 from .config import RARConfig
 from .lqa import tokenizer_from_json, word_tokenizer
 from .model import RAR
-from .operations import cast_floats, fp8_keys, use_operations
+from .operations import FP8_DTYPES, cast_floats, fp8_keys, use_operations
 
 FORMAT = "comfyui-rar"
 FORMAT_VERSION = 1
@@ -138,14 +138,14 @@ def check_safetensors_header(path: Path) -> None:
 
 
 FLOAT_DTYPES = ("F32", "F16", "BF16")
-FP8_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+FP8_CODES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}  # safetensors' names
 
 
 def stored_fp8(path: str | Path) -> torch.dtype | None:
     """The fp8 dtype a model file stores weights in (`rar convert --dtype fp8_e4m3fn`), or None."""
     with safe_open(str(path), framework="pt") as f:
         codes = {f.get_slice(k).get_dtype() for k in f.keys()}
-    return next((FP8_DTYPES[c] for c in codes if c in FP8_DTYPES), None)
+    return next((FP8_CODES[c] for c in codes if c in FP8_CODES), None)
 
 
 def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -184,9 +184,9 @@ def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
             shape = tuple(sl.get_shape())
             if shape != tuple(expected[k].shape):
                 problems.append(f"{k}: shape {shape}, expected {tuple(expected[k].shape)}")
-            if sl.get_dtype() not in FLOAT_DTYPES and not (sl.get_dtype() in FP8_DTYPES and k in fp8_ok):
+            if sl.get_dtype() not in FLOAT_DTYPES and not (sl.get_dtype() in FP8_CODES and k in fp8_ok):
                 problems.append(f"{k}: dtype {sl.get_dtype()}, expected a float type ({', '.join(FLOAT_DTYPES)}"
-                                f"{', or fp8 for a linear weight' if sl.get_dtype() in FP8_DTYPES else ''})")
+                                f"{', or fp8 for a linear weight' if sl.get_dtype() in FP8_CODES else ''})")
         if problems:
             raise CheckpointError(f"{path.name} does not match its config ({config.name}): " + "; ".join(problems[:12]))
         try:
@@ -194,10 +194,10 @@ def load_rar(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
         except Exception as e:
             raise CheckpointError(f"{path.name}: tensor data unreadable ({e}); the file is truncated or corrupt") from e
 
-    floats = [v.dtype for v in state.values() if v.is_floating_point() and v.dtype not in FP8_DTYPES.values()]
+    floats = [v.dtype for v in state.values() if v.is_floating_point() and v.dtype not in FP8_DTYPES]
     if operations is None:  # plain torch layers cannot compute with fp8 weights: widen them
         wide = floats[0] if floats else torch.bfloat16
-        state = {k: v.to(wide) if v.dtype in FP8_DTYPES.values() else v for k, v in state.items()}
+        state = {k: v.to(wide) if v.dtype in FP8_DTYPES else v for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     _rebuild_nonpersistent_buffers(model)
     model.to(device)
