@@ -265,7 +265,9 @@ def restore_image(
     else:
         z = encode(padded)
     res = run(model, z, max_rounds, steps, mode, callback, on_tile, protocol, seed)
+    kept = torch.tensor([r == 0 for r in res.rounds], device=image.device)
+    if bool(kept.all()):  # nothing restored (clean, or every first round rejected): no decode
+        return ImageResult(image.cpu(), res.rounds, res.trace, res.tiles)
     out = model.decode(res.latent, on_tile=on_tile, tile=tile) if decode is None else decode(res.latent)
     out = out[:, :, :h, :w].to(image.device, image.dtype)
-    kept = torch.tensor([r == 0 for r in res.rounds], device=image.device)
     return ImageResult(torch.where(kept[:, None, None, None], image, out).cpu(), res.rounds, res.trace, res.tiles)

@@ -395,6 +395,26 @@ def test_a_clean_answer_stops_the_item_and_restores_nothing(tiny_model, monkeypa
         assert last["verdict"] == loop.CLEAN_TEXT
 
 
+def test_an_image_nothing_was_restored_in_comes_back_as_is_without_a_decode(tiny_model, monkeypatch):
+    """A clean stop returns the input's pixels, and the decoder, which would only give them back
+    approximately, does not run; in a batch where another item was restored, it does."""
+    monkeypatch.setattr(tiny_model.config, "stop_when_clean", True)
+    x = torch.rand(2, 3, 30, 34, generator=torch.Generator().manual_seed(0))
+    decoded = []
+    real = RAR.decode
+    monkeypatch.setattr(RAR, "decode", lambda model, z, **k: decoded.append(len(z)) or real(model, z, **k))
+
+    Script(clean={0: 0, 1: 0}).install(monkeypatch, restore=False)  # both are called clean at once
+    res = loop.restore_image(tiny_model, x, max_rounds=3)
+    assert res.rounds == [0, 0] and decoded == [] and torch.equal(res.image, x)
+
+    # the scripted LQA calls the first active item clean: item 0 in round 1, item 1 in round 2
+    Script(clean={0: 0}).install(monkeypatch, restore=False)
+    res = loop.restore_image(tiny_model, x, max_rounds=3)
+    assert res.rounds == [0, 1] and decoded == [2]
+    assert torch.equal(res.image[0], x[0]) and not torch.equal(res.image[1], x[1])
+
+
 @pytest.mark.parametrize("mode,stop", [("adaptive", False), ("fixed", True)])
 def test_clean_answers_are_restored_without_the_setting_or_in_fixed_mode(tiny_model, monkeypatch, mode, stop):
     """The paper's loop (stop_when_clean off, the official preset's) restores whatever it is
