@@ -13,7 +13,7 @@ from torch import nn
 from .config import CodecConfig
 
 # The codec's convolutions run in NHWC: oneDNN is 25-35 % faster on it than on NCHW on CPU
-# (BENCHMARKS.md, speed section); what the codec returns is in the usual layout.
+# (BENCHMARKS.md, experiment "codec NHWC"); what the codec returns is in the usual layout.
 NHWC = torch.channels_last
 
 
