@@ -52,6 +52,16 @@ CLEAN = "Clean"
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    """What the training photos are mixed with (every stage draws from the recipe's pool unless its
+    StageConfig names its own)."""
+
+    synthetic: int = 0  # flat graphics of each synthetic.KINDS added to the photos
+    synthetic_p: float = 0.0  # share of crops taken from them
+    bright_p: float = 0.0  # share of photo crops lifted to a bright exposure (a clean bright target)
+
+
+@dataclass(frozen=True)
 class StageConfig:
     steps: int
     batch: int
@@ -78,6 +88,14 @@ class StageConfig:
     # Verify stage: weight of the term holding the identification hidden states to the frozen
     # LQA's (relative MSE), so A_Q's input stays the one the restorer was trained with.
     keep: float = 10.0
+    # Verify stage: weight of an identification loss on the input round whose answer is "Clean"
+    # where the restorer's first round does not beat the input's own pixels (by tie_db), the true
+    # label elsewhere: "Clean" then means "nothing worth restoring", and the loop stops where the
+    # gate would roll its first round back.
+    clean_answer: float = 0.0
+    # This stage's photo pool when it is not the recipe's: the gate can be shown bright and flat
+    # content that the restorer's stages were trained without.
+    pool: PoolConfig | None = None
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         """(crop side, batch size) of one step."""
@@ -85,15 +103,6 @@ class StageConfig:
             return self.crop, self.batch
         side = int(self.crops[int(rng.integers(len(self.crops)))])
         return side, max(1, round(self.batch * self.crop / side))
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    """What the training photos are mixed with (every stage draws from the same pool)."""
-
-    synthetic: int = 0  # flat graphics of each synthetic.KINDS added to the photos
-    synthetic_p: float = 0.0  # share of crops taken from them
-    bright_p: float = 0.0  # share of photo crops lifted to a bright exposure (a clean bright target)
 
 
 @dataclass(frozen=True)
@@ -501,8 +510,15 @@ def step_verify(model, b, gen, cfg, reference):
         ref, _ = reference.teacher_forced(reference.prompt_embeds(seg, [z_k]), b["answers"])
     h, r = torch.cat(hidden), torch.cat(ref)
     keep = (h - r).pow(2).mean() / r.pow(2).mean()
-    return cmp_loss + cfg.keep * keep, {"cmp": float(cmp_loss.detach()), "keep": float(keep.detach()),
-                                        "pairs": len(pairs) / len(z_hq)}
+    loss = cmp_loss + cfg.keep * keep
+    info = {"cmp": float(cmp_loss.detach()), "keep": float(keep.detach()), "pairs": len(pairs) / len(z_hq)}
+    if cfg.clean_answer:
+        worth = [p[1] > p[0] + cfg.tie_db for p in ps]
+        targets = [a if w else CLEAN for a, w in zip(b["answers"], worth)]
+        _, id_loss = lqa.teacher_forced(lqa.prompt_embeds(seg, [model.lqa_view(zs[0])]), targets)
+        loss = loss + cfg.clean_answer * id_loss
+        info |= {"id": float(id_loss.detach()), "worth": sum(worth) / len(worth)}
+    return loss, info
 
 
 def step_decoder(model, b, gen, cfg):
@@ -712,7 +728,8 @@ def cmd_train(args) -> int:
     path = None
     for stage in stages:
         path = train_stage(stage, Path(args.out), Path(args.data), stage_config(recipe, stage, args.steps), args.seed,
-                           recipe.preset, quiet=args.quiet, device=args.device, budget_s=args.budget_s, pool=recipe.pool)
+                           recipe.preset, quiet=args.quiet, device=args.device, budget_s=args.budget_s,
+                           pool=recipe.stage(stage).pool or recipe.pool)
     if args.export and path is not None:
         model = load_rar(path)
         save_rar(model, args.export, {"stage": "final"}, dtype=torch.float16)  # half the bytes to ship

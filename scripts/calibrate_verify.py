@@ -95,14 +95,16 @@ def gate_rates(ps, lo, margin, clean=None, stop_when_clean=False):
 
 
 def recipe_pool(name: str) -> T.PoolConfig:
-    """The photo pool of a training recipe, the shipped ones' or an experiment's."""
+    """The photo pool the gate of a training recipe learnt on (its verify stage's, else the
+    recipe's), the shipped ones' or an experiment's."""
     recipes = dict(T.RECIPES)
     from experiments.recipes import EXPERIMENTS
 
     recipes.update(EXPERIMENTS)
     if name not in recipes:
         raise SystemExit(f"unknown recipe {name!r}; choose one of {', '.join(sorted(recipes))}")
-    return recipes[name].pool
+    r = recipes[name]
+    return r.verify.pool if r.verify is not None and r.verify.pool is not None else r.pool
 
 
 def pick_margin(scores: dict[float, tuple[float, float]], max_rounds: float,

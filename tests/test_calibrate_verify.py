@@ -60,5 +60,6 @@ def test_pick_margin_prefers_margins_that_reject_worse_rounds(cv):
 def test_recipe_pool_knows_the_experiments(cv):
     assert cv.recipe_pool("compact").synthetic == 0
     assert cv.recipe_pool("compact-clean").bright_p > 0
+    assert cv.recipe_pool("compact-verify").bright_p > 0  # its verify stage's own pool, not compact's
     with pytest.raises(SystemExit, match="unknown recipe"):
         cv.recipe_pool("nope")

@@ -331,6 +331,23 @@ def test_pool_mixes_flat_graphics_and_bright_exposures(data_dir):
     assert np.array_equal(plain.crop(np.random.default_rng(5), 32), plain._crop(rng, 32, int(rng.integers(3))))
 
 
+def test_a_stage_with_its_own_pool_draws_from_it(tmp_path, data_dir, monkeypatch):
+    """`rar train --stage all` hands each stage the recipe's pool, and a stage that names its own
+    (the gate's bright and flat content) that one."""
+    own = T.PoolConfig(synthetic=1, synthetic_p=0.5, bright_p=0.5)
+    recipe = _tiny_recipe()
+    monkeypatch.setitem(T.RECIPES, "tiny", replace(recipe, verify=replace(recipe.verify, pool=own)))
+    seen = {}
+
+    def fake_stage(stage, out, data, cfg, *args, pool, **kwargs):
+        seen[stage] = pool
+        return T.stage_path(out, stage)
+
+    monkeypatch.setattr(T, "train_stage", fake_stage)
+    assert _rar_train(["--stage", "all", "--recipe", "tiny", "--data", str(data_dir), "--out", str(tmp_path), "-q"]) == 0
+    assert seen == {**{stage: recipe.pool for stage in T.STAGES}, "verify": own}
+
+
 def test_tint_darkens_and_saturates_or_lightens_and_pales():
     x = np.random.default_rng(0).uniform(0.2, 0.8, (16, 16, 3)).astype(np.float32)
     spread = lambda a: float((a - a.mean(-1, keepdims=True)).std())  # noqa: E731
@@ -379,3 +396,35 @@ def test_verify_step_trains_the_lqa_alone_on_every_sample(data_dir, tiny_factory
     loss.backward()
     assert all(p.grad is not None for p in params if p.requires_grad) and params
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("lqa."))
+
+
+def test_verify_step_answers_clean_where_the_first_round_does_not_help(data_dir, tiny_factory, monkeypatch):
+    """With `clean_answer`, the input round is taught "Clean" when round 1 does not beat the
+    input's pixels by tie_db (a clean input always), its true label otherwise; the term adds
+    `clean_answer` times its LM loss to the stage's loss."""
+    import copy
+
+    model = tiny_factory(seed=0)
+    cfg = T.StageConfig(steps=1, batch=4, crop=32, lr=1e-3, clean_p=0.5)
+    b = T.StageBatches("verify", T.PhotoPool(data_dir), cfg, seed=0)[0]
+    clean = b["clean"].tolist()
+    degraded = [i for i, c in enumerate(clean) if not c]
+    assert any(clean) and len(degraded) >= 1
+    worth = degraded[0]  # its round 1 gains 2 dB; every other input's round 1 loses or gains too little
+    ps = torch.tensor([[100.0, 30.0, 29.0, 28.0, 27.0] if c else
+                       ([20.0, 22.0, 22.5, 23.0, 23.5] if i == worth else [20.0, 20.1, 21.0, 22.0, 23.0])
+                       for i, c in enumerate(clean)])
+    monkeypatch.setattr(T, "round_psnr", lambda *args: ps)
+    seen = []
+    forced = type(model.lqa).teacher_forced
+    monkeypatch.setattr(type(model.lqa), "teacher_forced",
+                        lambda self, prefix, answers: seen.append(list(answers)) or forced(self, prefix, answers))
+    step = lambda c: T.STEP["verify"](model, b, torch.Generator().manual_seed(0), c,  # noqa: E731
+                                      reference=copy.deepcopy(model.lqa).requires_grad_(False))
+    base, _ = step(cfg)
+    passes = len(seen)
+    seen.clear()
+    loss, info = step(replace(cfg, clean_answer=0.5))
+    assert len(seen) == passes + 1 and seen[-1] == [b["answers"][i] if i == worth else T.CLEAN for i in range(len(clean))]
+    assert info["worth"] == pytest.approx(1 / len(clean))
+    assert loss.item() == pytest.approx(base.item() + 0.5 * info["id"], rel=1e-5)
