@@ -63,20 +63,23 @@ CLEAN_DB = 35.0  # a clean input must come back within this PSNR of itself (issu
 GATE_DB = 0.5    # a candidate this much worse (better) than its predecessor should be rejected (accepted)
 UNLABELLED = "unlabelled"
 # The known cause of each target the built-in model misses, by the start of the target's name; the
-# evidence is in BENCHMARKS.md ("Why bright and flat content is harmed") and experiments/rootcause.
+# evidence is in BENCHMARKS.md (its tables, "Why bright and flat content is harmed") and
+# experiments/rootcause.
 CAUSES = {
     "codec reconstruction": "The compact codec is sized for CPU speed and caps every restored image: its round trip "
                             "alone gives 25-32 dB on flat and drawn content (experiments/rootcause E8).",
-    "group A: mean PSNR gain": "Bright, dark, smooth and text content lose: the restorer darkens and saturates what its "
-                               "training pool lacked, and the gate accepts it (per-class table).",
-    "group B: mean PSNR gain": "As group A: the per-class table shows the losses on bright, smooth and text content.",
-    "adaptive minus 1 round": "The gate accepts later rounds that are worse: it rejects few of the rounds at least 0.5 dB "
-                              "worse (the verify gate table).",
+    "group A: mean PSNR gain": "Dark photos lose: the gate accepts rounds that brighten a dark or night photo as if it "
+                               "were under-exposed (the verify stage's pool adds bright exposures, not dark ones; the "
+                               "verify gate table has its rates on the dark class), and it rejects many rounds that "
+                               "help.",
+    "group B: mean PSNR gain": "As group A: the per-class table shows the loss on dark content.",
+    "adaptive minus 1 round": "The compact LQA tells successive rounds apart only weakly: the margin that balances its "
+                              "two errors still accepts some worse rounds and rejects many better ones (the verify gate "
+                              "table).",
     "identification accuracy": "The compact LQA barely sees noise and mild blur in the latent (experiment \"latent "
                                "sensitivity\"), and its e2e stage trains no \"Clean\" answer.",
-    "verification: cleaner image": "The gate was trained with synthetic degradations or restorer rounds on degraded inputs "
-                                   "as the worse image only; it prefers darker, more saturated images "
-                                   "(experiments/rootcause E7).",
+    "verification: cleaner image": "The gate's margin asks a candidate to win clearly, so the clean photo loses more "
+                                   "often as the candidate (Image A) than as the previous image (the LQA table).",
 }
 
 

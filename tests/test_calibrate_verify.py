@@ -49,17 +49,27 @@ def test_gate_rates_count_the_rounds_the_loop_asks_about(cv):
     assert worse == 0.5 and better == 0.5
 
 
-def test_pick_margin_prefers_margins_that_reject_worse_rounds(cv):
-    scores = {0.0: (23.5, 2.0), 1.0: (23.3, 1.5), 2.0: (23.0, 1.0)}
-    assert cv.pick_margin(scores, 2.5) == 0.0
-    assert cv.pick_margin(scores, 2.5, {0.0: 0.8, 1.0: 0.96, 2.0: 0.99}, 0.95) == 1.0
-    # no margin rejects enough: the rate is no constraint
-    assert cv.pick_margin(scores, 2.5, {0.0: 0.8, 1.0: 0.9, 2.0: 0.9}, 0.95) == 0.0
+def test_pick_margin_meets_the_gate_targets_or_balances_them(cv):
+    scores = {0.0: (23.5, 2.0), 1.0: (23.3, 1.5), 2.0: (23.0, 1.0), 3.0: (23.6, 0.5)}
+    assert cv.pick_margin(scores, 2.5) == 3.0  # no rates: the mean PSNR alone
+    # only 1.0 rejects 95 % of the worse rounds and accepts 80 % of the better ones
+    meets = {0.0: (0.8, 0.9), 1.0: (0.96, 0.85), 2.0: (0.99, 0.5), 3.0: (1.0, 0.1)}
+    assert cv.pick_margin(scores, 2.5, meets) == 1.0
+    # 0.0 and 1.0 both meet them: the higher mean PSNR
+    assert cv.pick_margin(scores, 2.5, meets | {0.0: (0.95, 0.8)}) == 0.0
+    # none meets both: right most often on the two kinds (0.775 at 1.0), not the highest PSNR
+    # (3.0, a gate that restores almost nothing)
+    none = {0.0: (0.5, 0.95), 1.0: (0.85, 0.7), 2.0: (0.95, 0.4), 3.0: (1.0, 0.1)}
+    assert cv.pick_margin(scores, 2.5, none) == 1.0
+    # equally right: the higher mean PSNR
+    assert cv.pick_margin(scores, 2.5, none | {0.0: (0.75, 0.8)}) == 0.0
+    # the rounds budget still comes first
+    assert cv.pick_margin(scores, 1.2, none) == 2.0
 
 
 def test_recipe_pool_knows_the_experiments(cv):
-    assert cv.recipe_pool("compact").synthetic == 0
+    assert cv.T.RECIPES["compact"].pool.synthetic == 0
+    assert cv.recipe_pool("compact").bright_p > 0  # its verify stage's own pool, not the recipe's
     assert cv.recipe_pool("compact-clean").bright_p > 0
-    assert cv.recipe_pool("compact-verify").bright_p > 0  # its verify stage's own pool, not compact's
     with pytest.raises(SystemExit, match="unknown recipe"):
         cv.recipe_pool("nope")

@@ -167,7 +167,7 @@ def test_compact_recipe_is_the_shipped_models():
     assert T.stage_config(r, "e2e") is r.e2e
 
 
-def test_train_cli_offers_the_recipe_not_its_experiments():
+def test_train_cli_offers_the_recipe_not_its_experiments(monkeypatch):
     """`rar train` takes the stage, the recipe and the run's knobs; recipe sizes and the
     experiments' flags are not options."""
     parser = argparse.ArgumentParser()
@@ -178,8 +178,10 @@ def test_train_cli_offers_the_recipe_not_its_experiments():
                      "--budget-s", "--seed", "--quiet"}
     stage = next(a for a in train._actions if a.dest == "stage")
     assert tuple(stage.choices) == (*T.STAGES, "verify", "all")
-    with pytest.raises(SystemExit, match="recipe 'compact' has no verify stage"):
-        _rar_train(["--stage", "verify", "--recipe", "compact"])
+    assert T.RECIPES["compact"].stages == (*T.STAGES, "verify")
+    monkeypatch.setitem(T.RECIPES, "plain", replace(T.RECIPES["compact"], name="plain", verify=None))
+    with pytest.raises(SystemExit, match="recipe 'plain' has no verify stage"):
+        _rar_train(["--stage", "verify", "--recipe", "plain"])
 
 
 def test_experiment_recipes_still_build():
