@@ -129,11 +129,11 @@ class Recipe:
 
 
 # `compact` is the shipped model's recipe: `rar train --stage all` on 2 CPU cores, 5 h 47 min
-# (codec 34 min, uir 97, lqa 93, connector 16, e2e 44, decoder 4, verify 59; docs/training.md). The codec
-# gets many steps because every later stage learns its latent space. The restorer, the LQA and
-# the connector train in large batches (96, 128 and 96) because what they are shown, not how many
-# steps they take, is what moved the eval set (BENCHMARKS.md, experiments); on a CPU a restorer
-# crop costs the same in a batch of 96 as in one of 16. The e2e stage draws crop sides up to
+# (codec 34 min, uir 97, lqa 93, connector 16, e2e 44, decoder 4, verify 59; docs/training.md).
+# The codec gets many steps because every later stage learns its latent space. The restorer, the
+# LQA and the connector train in large batches (96, 128 and 96) because what they are shown, not
+# how many steps they take, is what moved the eval set (BENCHMARKS.md, experiments); on a CPU a
+# restorer crop costs the same in a batch of 96 as in one of 16. The e2e stage draws crop sides up to
 # 256 px, the bench's size (the first among them, 96, sets the batch scale; the order fixes the
 # draws).
 RECIPES = {
