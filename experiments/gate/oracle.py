@@ -9,15 +9,28 @@ import sys
 
 import numpy as np
 
-rows = json.load(open(sys.argv[1]))
-def greedy(seq, margin=0.0):
+KINDS = ("clean", "A", "B", "C", "single", "ext")
+
+
+def greedy(psnrs: list[float]) -> float:
+    """The PSNR where a perfect gate stops: the first round that is not better than the one before."""
     k = 0
-    while k < 4 and seq[k+1] > seq[k] + margin: k += 1
-    return seq[k], k
-for key in ("std", "res"):
-    print(key)
-    for kind in ["clean", "A", "B", "C", "single", "ext"]:
-        rs = [r for r in rows if r["kind"] == kind]
-        inp = np.mean([r["inp"] for r in rs]); ada = np.mean([r[key][r["k"]] for r in rs])
-        orc = np.mean([greedy(r[key])[0] for r in rs]); best = np.mean([max(r[key]) for r in rs]); r1 = np.mean([max(r[key][:2]) for r in rs])
-        print(f"  {kind:6s} input {inp:6.2f} ada {ada:6.2f} oracle-greedy {orc:6.2f} oracle-best {best:6.2f} oracle-1round {r1:6.2f}")
+    while k + 1 < len(psnrs) and psnrs[k + 1] > psnrs[k]:
+        k += 1
+    return psnrs[k]
+
+
+def main() -> None:
+    rows = json.loads(open(sys.argv[1]).read())
+    for key in ("std", "res"):
+        print(key)
+        for kind in KINDS:
+            rs = [r for r in rows if r["kind"] == kind]
+            mean = lambda f: np.mean([f(r) for r in rs])  # noqa: E731
+            print(f"  {kind:6s} input {mean(lambda r: r['inp']):6.2f} adaptive {mean(lambda r: r[key][r['k']]):6.2f} "
+                  f"oracle {mean(lambda r: greedy(r[key])):6.2f} best round {mean(lambda r: max(r[key])):6.2f} "
+                  f"input or round 1 {mean(lambda r: max(r[key][:2])):6.2f}")
+
+
+if __name__ == "__main__":
+    main()

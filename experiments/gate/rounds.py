@@ -17,48 +17,56 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rar_core import bench, checkpoint, loop  # noqa: E402
+from rar_core.bench import _to_array, _to_tensor, capped_psnr  # noqa: E402
 from rar_core.corrupt_ext import CORRUPTIONS  # noqa: E402
 
-torch.set_num_threads(2)
-model = checkpoint.load_rar(sys.argv[1]).eval()
-limit = int(sys.argv[2]) if len(sys.argv) > 2 else 14
-entries = bench.eval_entries(Path("data"), limit)
-cleans = [bench.center_crop(f, 256) for f, _ in entries]
-classes = [c for _, c in entries]
-samples = bench.make_samples(cleans, 0, per_single=2, ext=tuple(CORRUPTIONS))
-T = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()
-A = lambda t: t[0].permute(1, 2, 0).clamp(0, 1).numpy()
-P = lambda o, c: min(bench.quality(o, c)[0], 60.0)
-rows = []
-items = [("clean", i, c, c) for i, c in enumerate(cleans)] + [(s.kind, s.image, s.degraded, cleans[s.image]) for s in samples]
-for kind, i, x, c in items:
+KINDS = ("clean", "A", "B", "C", "single", "ext")
+
+
+def rounds(model, x: np.ndarray, clean: np.ndarray) -> dict:
+    """PSNR of the input and of each fixed round, both decodings, and the adaptive loop's count."""
     with torch.no_grad():
-        z0 = model.encode(T(x), torch.Generator().manual_seed(0))
-        d0 = A(model.decode(z0))
-        zs = []
-        loop.run(model, z0, 4, None, "fixed", callback=lambda n, z: zs.append(z.clone()))
-        ada = loop.run(model, z0, 4, None, "adaptive")
-        k = ada.rounds[0]
-        dk = [A(model.decode(z)) for z in zs]
-    std = [P(x, c)] + [P(d, c) for d in dk]
-    res = [P(x, c)] + [P(np.clip(x + d - d0, 0, 1), c) for d in dk]
-    rows.append(dict(kind=kind, cls=classes[i], inp=P(x, c), k=k, std=std, res=res, ans=ada.trace[0][0]["answer"],
-                     lvl_std=float((dk[k-1] if k else x).mean() - c.mean()), lvl_res=float(np.clip(x + (dk[k-1] - d0 if k else 0), 0, 1).mean() - c.mean())))
-    r = rows[-1]
-    print(f"{kind:6s} {r['cls']:8s} in {r['inp']:5.1f} k={k} std {r['std'][k]:5.1f} res {r['res'][k]:5.1f} | r1 {r['std'][1]:5.1f}/{r['res'][1]:5.1f}", flush=True)
-json.dump(rows, open(sys.argv[3] if len(sys.argv) > 3 else "rounds.json", "w"))
-def summ(rs, key):
-    return np.mean([r[key][r["k"]] for r in rs])
-print("\nkind     n   input   std-ada  res-ada  std-r1  res-r1")
-for kind in ["clean", "A", "B", "C", "single", "ext"]:
-    rs = [r for r in rows if r["kind"] == kind]
-    print(f"{kind:6s} {len(rs):3d} {np.mean([r['inp'] for r in rs]):7.2f} {summ(rs,'std'):8.2f} {summ(rs,'res'):8.2f} {np.mean([r['std'][1] for r in rs]):7.2f} {np.mean([r['res'][1] for r in rs]):7.2f}")
-print("\nclass  (degraded) input std-ada res-ada")
-for cl in sorted(set(classes)):
-    rs = [r for r in rows if r["cls"] == cl and r["kind"] != "clean"]
-    print(f"{cl:8s} {np.mean([r['inp'] for r in rs]):7.2f} {summ(rs,'std'):8.2f} {summ(rs,'res'):8.2f}")
-cr = [r for r in rows if r["kind"] == "clean"]
-print("clean within 35: std", np.mean([r["std"][r["k"]] >= 35 for r in cr]), "res", np.mean([r["res"][r["k"]] >= 35 for r in cr]),
-      "| round1 forced: std", np.mean([r["std"][1] >= 35 for r in cr]), "res", np.mean([r["res"][1] >= 35 for r in cr]))
-hi = [r for r in rows if r["kind"] != "clean" and r["inp"] >= 30]
-print("inputs>=30 n", len(hi), "in", np.mean([r['inp'] for r in hi]) if hi else 0, "std", summ(hi, "std") if hi else 0, "res", summ(hi, "res") if hi else 0)
+        z0 = model.encode(_to_tensor(x), torch.Generator().manual_seed(0))
+        d0 = _to_array(model.decode(z0))
+        decoded = [_to_array(model.decode(z)) for z in loop.trajectory(model, z0, 4)[1:]]
+        kept = loop.run(model, z0, 4, None, "adaptive").rounds[0]
+    inp = capped_psnr(x, clean)
+    return {"inp": inp, "k": kept, "std": [inp] + [capped_psnr(d, clean) for d in decoded],
+            "res": [inp] + [capped_psnr(np.clip(x + d - d0, 0, 1), clean) for d in decoded]}
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    model = checkpoint.load_rar(sys.argv[1]).eval()
+    entries = bench.eval_entries(Path("data"), int(sys.argv[2]) if len(sys.argv) > 2 else 14)
+    cleans = [bench.center_crop(f, 256) for f, _ in entries]
+    classes = [c for _, c in entries]
+    samples = bench.make_samples(cleans, 0, per_single=2, ext=tuple(CORRUPTIONS))
+    items = [("clean", i, c) for i, c in enumerate(cleans)] + [(s.kind, s.image, s.degraded) for s in samples]
+    rows = []
+    for kind, i, x in items:
+        r = {"kind": kind, "cls": classes[i], **rounds(model, x, cleans[i])}
+        rows.append(r)
+        print(f"{kind:6s} {r['cls']:8s} in {r['inp']:5.1f} k={r['k']} std {r['std'][r['k']]:5.1f} "
+              f"res {r['res'][r['k']]:5.1f} | round 1 {r['std'][1]:5.1f} / {r['res'][1]:5.1f}", flush=True)
+    Path(sys.argv[3] if len(sys.argv) > 3 else "rounds.json").write_text(json.dumps(rows))
+
+    kept = lambda rs, key: np.mean([r[key][r["k"]] for r in rs])  # noqa: E731
+    print("\nkind     n   input  std-ada  res-ada  std-r1  res-r1")
+    for kind in KINDS:
+        rs = [r for r in rows if r["kind"] == kind]
+        print(f"{kind:6s} {len(rs):3d} {np.mean([r['inp'] for r in rs]):7.2f} {kept(rs, 'std'):8.2f} {kept(rs, 'res'):8.2f} "
+              f"{np.mean([r['std'][1] for r in rs]):7.2f} {np.mean([r['res'][1] for r in rs]):7.2f}")
+    print("\nclass (degraded)  input  std-ada  res-ada")
+    for cl in sorted(set(classes)):
+        rs = [r for r in rows if r["cls"] == cl and r["kind"] != "clean"]
+        print(f"{cl:16s} {np.mean([r['inp'] for r in rs]):6.2f} {kept(rs, 'std'):8.2f} {kept(rs, 'res'):8.2f}")
+    cr = [r for r in rows if r["kind"] == "clean"]
+    within = lambda key, pick: np.mean([r[key][pick(r)] >= bench.CLEAN_DB for r in cr])  # noqa: E731
+    print(f"clean within {bench.CLEAN_DB:.0f} dB: adaptive std {within('std', lambda r: r['k']):.0%} "
+          f"res {within('res', lambda r: r['k']):.0%} | round 1 std {within('std', lambda r: 1):.0%} "
+          f"res {within('res', lambda r: 1):.0%}")
+
+
+if __name__ == "__main__":
+    main()
