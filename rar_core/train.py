@@ -59,6 +59,7 @@ class PoolConfig:
     synthetic: int = 0  # flat graphics of each synthetic.KINDS added to the photos
     synthetic_p: float = 0.0  # share of crops taken from them
     bright_p: float = 0.0  # share of photo crops lifted to a bright exposure (a clean bright target)
+    dark_p: float = 0.0  # share of photo crops lowered to a dark, low-key exposure (a clean dark target)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def train_files(data: Path) -> list[Path]:
 
 class PhotoPool:
     """Clean training photos in memory (train split of the fetched manifest only), with the
-    recipe's flat graphics and bright exposures mixed in."""
+    recipe's flat graphics and bright and dark exposures mixed in."""
 
     def __init__(self, data: Path, max_side: int = 512, cfg: PoolConfig = PoolConfig()):
         from . import synthetic
@@ -193,8 +194,12 @@ class PhotoPool:
         if c.synthetic and rng.random() < c.synthetic_p:
             return self._crop(rng, size, self.photos + int(rng.integers(len(self.images) - self.photos)))
         out = self._crop(rng, size, int(rng.integers(self.photos)))
-        if c.bright_p and rng.random() < c.bright_p:
-            out = brighten(out, rng)
+        if c.bright_p or c.dark_p:
+            u = rng.random()
+            if u < c.bright_p:
+                out = brighten(out, rng)
+            elif u < c.bright_p + c.dark_p:
+                out = darken(out, rng)
         return out
 
     def _crop(self, rng: np.random.Generator, size: int, i: int) -> np.ndarray:
@@ -223,6 +228,14 @@ def brighten(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         return np.ascontiguousarray(x ** rng.uniform(0.35, 0.75), dtype=np.float32)
     return np.ascontiguousarray(np.clip(x * rng.uniform(1.3, 2.0) + rng.uniform(0.0, 0.1), 0, 1), dtype=np.float32)
+
+
+def darken(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A clean photo as a dark one (night, dim interiors, dark themes): a low-key gamma that keeps
+    the highlights near their level, unlike the low-light degradation's gain, which dims them
+    too. Rounds that lift such a photo are then worse, not better."""
+    y = x ** rng.uniform(1.6, 2.8) * rng.uniform(0.8, 1.0)
+    return np.ascontiguousarray(y, dtype=np.float32)
 
 
 def primary(labels: list[str]) -> str:

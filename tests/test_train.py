@@ -333,6 +333,22 @@ def test_pool_mixes_flat_graphics_and_bright_exposures(data_dir):
     assert np.array_equal(plain.crop(np.random.default_rng(5), 32), plain._crop(rng, 32, int(rng.integers(3))))
 
 
+def test_pool_mixes_dark_exposures_that_keep_their_highlights(data_dir):
+    """Dark exposures lower a photo crop's level but, unlike the low-light degradation, keep its
+    brightest pixels near where they were, and a pool with both mixes draws each."""
+    plain = T.PhotoPool(data_dir)
+    dark = T.PhotoPool(data_dir, cfg=T.PoolConfig(dark_p=1.0))
+    both = T.PhotoPool(data_dir, cfg=T.PoolConfig(bright_p=0.5, dark_p=0.5))
+    for seed in range(20):
+        src, out = plain.crop(np.random.default_rng(seed), 32), dark.crop(np.random.default_rng(seed), 32)
+        assert out.shape == src.shape and out.dtype == np.float32
+        assert out.mean() < 0.8 * src.mean()
+        assert out.max() >= 0.75 * src.max() ** 2.8
+    ratio = np.array([both.crop(np.random.default_rng(i), 32).mean() / plain.crop(np.random.default_rng(i), 32).mean()
+                      for i in range(200)])
+    assert 0.3 < (ratio > 1.05).mean() < 0.7 and 0.3 < (ratio < 0.95).mean() < 0.7
+
+
 def test_a_stage_with_its_own_pool_draws_from_it(tmp_path, data_dir, monkeypatch):
     """`rar train --stage all` hands each stage the recipe's pool, and a stage that names its own
     (the gate's bright and flat content) that one."""
