@@ -68,14 +68,14 @@ UNLABELLED = "unlabelled"
 CAUSES = {
     "codec reconstruction": "The compact codec is sized for CPU speed and caps every restored image: its round trip "
                             "alone gives 25-32 dB on flat and drawn content (experiments/rootcause E8).",
-    "group A: mean PSNR gain": "Dark photos lose: the gate accepts rounds that brighten a dark or night photo as if it "
-                               "were under-exposed (the verify stage's pool adds bright exposures, not dark ones; the "
-                               "verify gate table has its rates on the dark class), and it rejects many rounds that "
-                               "help.",
-    "group B: mean PSNR gain": "As group A: the per-class table shows the loss on dark content.",
-    "adaptive minus 1 round": "The compact LQA tells successive rounds apart only weakly: the margin that balances its "
-                              "two errors still accepts some worse rounds and rejects many better ones (the verify gate "
-                              "table).",
+    "group A: mean PSNR gain": "The gate is cautious: its calibrated margin rejects almost every worse round but also "
+                               "two in three better ones (the verify gate table), so most samples keep the input; the "
+                               "restorer's own first round gains more (the RAR 1 round column).",
+    "group B: mean PSNR gain": "As group A; and dark photos under motion blur and JPEG still get lifted as if "
+                               "under-exposed (the per-class table).",
+    "adaptive minus 1 round": "The compact LQA tells successive rounds apart only weakly, so no margin meets both gate "
+                              "targets on training crops; the calibrated one rejects many rounds that help (the verify "
+                              "gate table).",
     "identification accuracy": "The compact LQA barely sees noise and mild blur in the latent (experiment \"latent "
                                "sensitivity\"), and its e2e stage trains no \"Clean\" answer.",
     "verification: cleaner image": "The gate's margin asks a candidate to win clearly, so the clean photo loses more "
