@@ -70,6 +70,8 @@ def test_pick_margin_meets_the_gate_targets_or_balances_them(cv):
 def test_recipe_pool_knows_the_experiments(cv):
     assert cv.T.RECIPES["compact"].pool.synthetic == 0
     assert cv.recipe_pool("compact").bright_p > 0  # its verify stage's own pool, not the recipe's
-    assert cv.recipe_pool("compact-clean").bright_p > 0
+    assert cv.recipe_pool("compact").dark_p > 0
+    assert cv.recipe_pool("compact-clean").bright_p > 0 and cv.recipe_pool("compact-clean").dark_p == 0
+    assert cv.recipe_pool("compact-verify").dark_p == 0  # the model built in before, from experiments/
     with pytest.raises(SystemExit, match="unknown recipe"):
         cv.recipe_pool("nope")
