@@ -53,7 +53,7 @@ EXPERIMENTS = {
         verify=StageConfig(steps=1200, batch=8, crop=128, lr=1e-4, crops=(64, 128, 192, 256), clean_p=0.33),
     ),
     # `compact` whose verify stage also teaches the LQA to answer "Clean" where the restorer's
-    # first round would not help. Not run to the end yet.
+    # first round would not help (BENCHMARKS.md, experiment compact-verify-clean; not built in).
     "compact-verify-clean": replace(COMPACT, name="compact-verify-clean",
                                     verify=replace(COMPACT.verify, clean_answer=0.5)),
     # The verify stage of the model built in before compact-verify-dark (commit d0ddfc3): its pool
