@@ -8,8 +8,7 @@ import json
 import sys
 
 import numpy as np
-
-KINDS = ("clean", "A", "B", "C", "single", "ext")
+from rounds import KINDS
 
 
 def greedy(psnrs: list[float]) -> float:
