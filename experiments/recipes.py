@@ -52,14 +52,13 @@ EXPERIMENTS = {
         e2e=replace(COMPACT.e2e, clean_p=0.25, identify_input_only=True),
         verify=StageConfig(steps=1200, batch=8, crop=128, lr=1e-4, crops=(64, 128, 192, 256), clean_p=0.33),
     ),
-    # `compact` whose verify stage also teaches the LQA to answer "Clean" where the restorer's
-    # first round would not help (BENCHMARKS.md, experiment compact-verify-clean; not built in).
-    "compact-verify-clean": replace(COMPACT, name="compact-verify-clean",
-                                    verify=replace(COMPACT.verify, clean_answer=0.5)),
+    # The verify stage of the model built in before compact-verify-clean (commit 57de5ae): no
+    # "Clean" answer taught.
+    "compact-verify-dark": replace(COMPACT, name="compact-verify-dark", verify=replace(COMPACT.verify, clean_answer=0.0)),
     # The verify stage of the model built in before compact-verify-dark (commit d0ddfc3): its pool
     # had bright exposures and flat graphics, no dark exposures.
     "compact-verify": replace(COMPACT, name="compact-verify", verify=replace(
-        COMPACT.verify, pool=PoolConfig(synthetic=12, synthetic_p=0.12, bright_p=0.35))),
+        COMPACT.verify, clean_answer=0.0, pool=PoolConfig(synthetic=12, synthetic_p=0.12, bright_p=0.35))),
 }
 
 

@@ -68,16 +68,20 @@ UNLABELLED = "unlabelled"
 CAUSES = {
     "codec reconstruction": "The compact codec is sized for CPU speed and caps every restored image: its round trip "
                             "alone gives 25-32 dB on flat and drawn content (experiments/rootcause E8).",
-    "group A: mean PSNR gain": "The gate is cautious: its calibrated margin rejects almost every worse round but also "
-                               "two in three better ones (the verify gate table), so most samples keep the input; the "
-                               "restorer's own first round gains more (the RAR 1 round column).",
-    "group B: mean PSNR gain": "As group A; and dark photos under motion blur and JPEG still get lifted as if "
-                               "under-exposed (the per-class table).",
+    "group A: mean PSNR gain": "The gate is cautious: its calibrated margin rejects about half of the rounds that "
+                               "would help (the verify gate table), and the loop stops where the LQA answers \"Clean\", "
+                               "which it also gives to inputs its restorer barely helps; so many samples keep the input, "
+                               "and on groups A and C the restorer's own first round gains as much or more (the RAR 1 "
+                               "round column).",
+    "group B: mean PSNR gain": "As group A (the per-class table: text and dark photos gain least).",
+    "group C: mean PSNR gain": "As group A.",
     "adaptive minus 1 round": "The compact LQA tells successive rounds apart only weakly, so no margin meets both gate "
                               "targets on training crops; the calibrated one rejects many rounds that help (the verify "
                               "gate table).",
-    "identification accuracy": "The compact LQA barely sees noise and mild blur in the latent (experiment \"latent "
-                               "sensitivity\"), and its e2e stage trains no \"Clean\" answer.",
+    "identification accuracy": "The verify stage teaches the LQA to answer \"Clean\" where its restorer's first round "
+                               "would not help, so it names a degradation only where a round pays (rain, snow, JPEG and "
+                               "low resolution mostly get \"Clean\"); and the compact LQA barely sees noise and mild blur "
+                               "in the latent (experiment \"latent sensitivity\").",
     "verification: cleaner image": "The gate's margin asks a candidate to win clearly, so the clean photo loses more "
                                    "often as the candidate (Image A) than as the previous image (the LQA table).",
 }

@@ -170,6 +170,11 @@ class RARConfig:
     # paper's loop restores whatever it is given and leaves stopping to verification; a model whose
     # codec round trip alone costs a clean photo a few dB must not touch one (BENCHMARKS.md).
     stop_when_clean: bool = False
+    # The LQA answers "Clean" only when its log-probability beats every other label's by more than
+    # this (None: the plain greedy answer). A small LQA taught "Clean" also gives it to inputs
+    # that still need restoring; the margin is calibrated on training photos to keep most clean
+    # ones (scripts/calibrate_verify.py).
+    clean_margin: float | None = None
 
     @property
     def pixel_multiple(self) -> int:
@@ -207,7 +212,7 @@ class RARConfig:
                 kwargs[key] = cls(**value)
             elif key == "labels":
                 kwargs[key] = tuple(value)
-            elif key in ("name", "verify_orders", "verify_margin", "lqa_view", "stop_when_clean"):
+            elif key in ("name", "verify_orders", "verify_margin", "lqa_view", "stop_when_clean", "clean_margin"):
                 kwargs[key] = value
             else:
                 raise ValueError(f"config has unknown section {key!r}")

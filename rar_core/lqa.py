@@ -209,8 +209,13 @@ class LQA(nn.Module):
         return [self._text_ids(c + self.lm_config.answer_suffix) for c in candidates]
 
     # ----- answering -------------------------------------------------------------------
-    def choose(self, prefix: torch.Tensor, candidates: list[str]) -> Answer:
-        """Greedy answer restricted to `candidates`, from one prefix pass + one candidate pass."""
+    def choose(self, prefix: torch.Tensor, candidates: list[str], margins: dict[str, float] | None = None) -> Answer:
+        """Greedy answer restricted to `candidates`, from one prefix pass + one candidate pass.
+
+        `margins` turns a candidate into a thresholded decision: it is the answer exactly when its
+        log-probability beats every other candidate's by more than its margin, and otherwise the
+        greedy answer among the others is. A small LQA's "Clean" is calibrated this way, as the
+        verifier's log-odds are (scripts/calibrate_verify.py)."""
         cand = self.candidate_ids(candidates)
         B, C = prefix.shape[0], len(cand)
         out = self.lm.model(inputs_embeds=prefix, use_cache=True)
@@ -233,10 +238,7 @@ class LQA(nn.Module):
             toks = torch.tensor(c, device=prefix.device)
             lp[:, i] = first_logits[:, toks[0]] + logits[:, i, : len(c) - 1].gather(-1, toks[1:].expand(B, -1)[..., None]).squeeze(-1).sum(-1)
 
-        index = torch.empty(B, dtype=torch.long)
-        hidden = []
-        for b in range(B):
-            alive = list(range(C))
+        def greedy(b: int, alive: list[int]) -> int:
             d = 0
             while True:
                 step_logits = first_logits[b] if d == 0 else logits[b, alive[0], d - 1]
@@ -246,8 +248,20 @@ class LQA(nn.Module):
                 d += 1
                 done = [i for i in alive if len(cand[i]) == d]
                 if done:
-                    pick = done[0]
+                    return done[0]
+
+        thresholded = {candidates.index(c): m for c, m in (margins or {}).items() if c in candidates}
+        index = torch.empty(B, dtype=torch.long)
+        hidden = []
+        for b in range(B):
+            pick, alive = None, list(range(C))
+            for i, m in thresholded.items():
+                if C > 1 and float(lp[b, i] - torch.cat((lp[b, :i], lp[b, i + 1:])).max()) > m:
+                    pick = i
                     break
+                alive.remove(i)
+            if pick is None:
+                pick = greedy(b, alive or list(range(C)))
             index[b] = pick
             hidden.append(torch.cat((h_prefix[b], h_cand[b, pick, : len(cand[pick]) - 1]), dim=0))
         return Answer([candidates[i] for i in index.tolist()], index, lp, hidden)
@@ -301,10 +315,11 @@ class LQA(nn.Module):
         return hidden, loss
 
     # ----- the two question kinds ------------------------------------------------------
-    def identify(self, z: torch.Tensor, labels: list[str], question: str | None = None, free: bool = False) -> Answer:
-        """Which degradation dominates z? (official `quality_single_A_noref`)."""
+    def identify(self, z: torch.Tensor, labels: list[str], question: str | None = None, free: bool = False,
+                 margins: dict[str, float] | None = None) -> Answer:
+        """Which degradation dominates z? (official `quality_single_A_noref`; `margins`: see `choose`)."""
         prefix = self.prompt_embeds(prompts.identify_segments(question or prompts.IDENTIFY[-1]), [z])
-        return self.generate(prefix) if free else self.choose(prefix, list(labels))
+        return self.generate(prefix) if free else self.choose(prefix, list(labels), margins)
 
     def compare(self, z_a: torch.Tensor, z_b: torch.Tensor, question: str | None = None, free: bool = False) -> Answer:
         """Is Image A (candidate) better than Image B (previous)? (official `quality_compare_noref`)."""

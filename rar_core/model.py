@@ -137,10 +137,13 @@ class RAR(nn.Module):
 
     @torch.no_grad()
     def assess(self, z: torch.Tensor, question: str | None = None, free: bool = False) -> Assessment:
-        """Identify the main degradation of z (Eq. 1), seen through `lqa_view`."""
+        """Identify the main degradation of z (Eq. 1), seen through `lqa_view`; a clean label is
+        answered only past `config.clean_margin`."""
         self.check_latent(z)
         self._enter("assess")
-        a = self.lqa.identify(self.lqa_view(z).to(self._device_of(self.lqa)), self.config.labels, question, free)
+        m = self.config.clean_margin
+        margins = None if m is None else {label: m for label in self.config.labels if prompts.is_clean(label)}
+        a = self.lqa.identify(self.lqa_view(z).to(self._device_of(self.lqa)), self.config.labels, question, free, margins)
         return Assessment(a.text, a.hidden)
 
     def restore_tiles(self, h: int, w: int) -> tuple[int, int]:

@@ -1,24 +1,33 @@
-"""Calibrate the verification margin of a compact RAR on training photos (never the eval set).
+"""Calibrate the verification margin and the "Clean" margin of a compact RAR on training photos
+(never the eval set).
 
 Runs 4 fixed rounds on crops of the training photos (a --clean share of them undegraded), and
 records after each round the PSNR of the decoded result, the verifier's summed log-odds (round k
-against round k-1) and whether the LQA calls the round clean. The adaptive loop with margin m
-stops at the first round whose log-odds are <= m and keeps the round before (round 0: the input
-pixels, as restore_image does), or, with the model's stop_when_clean, at the first round called
-clean; so every margin can be scored from one pass. Prints, per margin, mean PSNR, rounds, and the
-gate's two rates: worse rounds (by 0.5 dB or more) rejected and better ones accepted. --write
-stores the best margin in the model file, with the LQA's view window (`lqa_view`, default: the
-compact preset's, the largest training crop). Of the margins whose loop keeps at most
---max-rounds rounds on average (2.5), the best meets the gate's two targets (rejects at least
---reject of the worse rounds and accepts at least --accept of the better ones) with the highest
-mean PSNR, or, when none meets both, is right most often on the two kinds of rounds: a verifier
-that likes every round cannot buy a few hundredths of a dB with twice the compute or with harm to
-clean photos, and one that likes none cannot win by restoring nothing.
+against round k-1) and the LQA's log-odds for "Clean" (log P(Clean) - the best other label's)
+on each round it assesses. The adaptive loop with margin m stops at the first round whose
+log-odds are <= m and keeps the round before (round 0: the input pixels, as restore_image does),
+or, when it stops on "Clean", at the first round called clean; so every margin can be scored from
+one pass. Prints, per margin, mean PSNR, rounds, and the gate's two rates: worse rounds (by 0.5 dB
+or more) rejected and better ones accepted.
+
+The verify margin: of the margins whose loop keeps at most --max-rounds rounds on average (2.5),
+the best meets the gate's two targets (rejects at least --reject of the worse rounds and accepts
+at least --accept of the better ones) with the highest mean PSNR, or, when none meets both, is
+right most often on the two kinds of rounds: a verifier that likes every round cannot buy a few
+hundredths of a dB with twice the compute or with harm to clean photos, and one that likes none
+cannot win by restoring nothing.
+
+The clean margin: the largest that still calls --clean-recall (90 %) of the clean crops clean.
+The loop stops on "Clean" only when that costs the degraded crops at most CLEAN_COST_DB of mean
+PSNR (each way with its own verify margin); otherwise "Clean" stays the plain greedy answer and
+the loop leaves stopping to the verifier. --write stores the margins, the stop and the LQA's view
+window (`lqa_view`, default: the compact preset's, the largest training crop) in the model file.
 
     python scripts/calibrate_verify.py [--model M] [--samples 48] [--clean 0.33] [--write]
 """
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,30 +43,70 @@ from rar_core.loop import run  # noqa: E402
 from rar_core.config import RARConfig  # noqa: E402
 
 MARGINS = (-2.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+CLEAN_MARGINS = tuple(float(m) for m in np.arange(0.0, 8.01, 0.25))
 PSNR_CAP = 60.0  # a round identical to the clean photo (a clean input's round 0) counts as 60 dB
 GATE_DB = 0.5  # a round this much worse (better) than its predecessor should be rejected (accepted)
+CLEAN_COST_DB = 0.1  # what stopping on "Clean" may cost the degraded crops' mean PSNR
 
 
 @torch.no_grad()
-def record(model, pool, n, size, seed, rounds=4, clean_share=0.0):
-    """psnr[i][k] (k = 0: input, capped at PSNR_CAP), log-odds[i][k-1] of round k against round
-    k-1, and clean[i][k]: the LQA calls round k clean (k < rounds)."""
+def clean_log_odds(model, z: torch.Tensor) -> torch.Tensor:
+    """[B] log P(Clean) - max log P(other label) of the LQA's identification of z (no margin)."""
+    labels = list(model.config.labels)
+    i = next(j for j, label in enumerate(labels) if prompts.is_clean(label))
+    lp = model.lqa.identify(model.lqa_view(z), labels).logprob.float().cpu()
+    return lp[:, i] - torch.cat((lp[:, :i], lp[:, i + 1:]), 1).max(1).values
+
+
+def crops(pool, n, size, seed, clean_share=0.0):
+    """n training crops (x_hq) and the loop's inputs (x: degraded, or a clean_share of them left
+    undegraded), and which are undegraded."""
     rng = np.random.default_rng([seed, 4242])  # a stream no training step draws from
-    clean, deg = [], []
+    clean, deg, undegraded = [], [], []
     for i in range(n):
         c = pool.crop(rng, size)
-        if rng.random() < clean_share:
-            deg.append(c)
-        else:
-            deg.append((D.random_composite(c, rng) if i % 2 else D.random_single(c, rng)).image)
+        undegraded.append(rng.random() < clean_share)
+        deg.append(c if undegraded[-1] else (D.random_composite(c, rng) if i % 2 else D.random_single(c, rng)).image)
         clean.append(c)
-    x_hq, x = T.to_tensor(clean), T.to_tensor(deg)
+    return T.to_tensor(clean), T.to_tensor(deg), np.array(undegraded)
+
+
+def has_clean_label(model) -> bool:
+    return any(prompts.is_clean(label) for label in model.config.labels)
+
+
+@torch.no_grad()
+def record(model, x_hq, x, rounds=4):
+    """psnr[i][k] (k = 0: input, capped at PSNR_CAP), log-odds[i][k-1] of round k against round
+    k-1, and clean[i][k]: the "Clean" log-odds of round k (k < rounds; NaN without a clean label)."""
     zs = [model.encode(x)]
-    res = run(model, zs[0], rounds, mode="fixed", callback=lambda k, z: zs.append(z.clone()))
+    run(model, zs[0], rounds, mode="fixed", callback=lambda k, z: zs.append(z.clone()))
     lo = torch.stack([model.verify_log_odds(new, prev) for prev, new in zip(zs, zs[1:])], 1)
-    called = np.array([[prompts.is_clean(r["answer"]) for r in t] for t in res.trace])
+    if has_clean_label(model):
+        cl = torch.stack([clean_log_odds(model, z) for z in zs[:rounds]], 1).double().numpy()
+    else:
+        cl = np.full((len(x), rounds), np.nan)
     ps = T.round_psnr(model, zs, x, x_hq).double().clamp(max=PSNR_CAP).numpy()
-    return ps, lo.double().numpy(), called
+    return ps, lo.double().numpy(), cl
+
+
+def pick_clean_margin(clean_log_odds_of_clean: np.ndarray, recall: float) -> float | None:
+    """The largest of CLEAN_MARGINS at which at least `recall` of the clean crops are called clean
+    (log-odds above it); None when not even 0 does. The margins are never negative: a margin holds
+    "Clean" back where the LQA gives it too freely, never pushes it on inputs."""
+    ok = [m for m in CLEAN_MARGINS if np.mean(clean_log_odds_of_clean > m) >= recall]
+    return max(ok) if ok else None
+
+
+def choose_gate(ps, lo, called, degraded, max_rounds, reject, accept):
+    """The verify margin (pick_margin) of the loop that stops on `called` (None: never), and the
+    degraded crops' mean PSNR with it."""
+    stop = called is not None
+    scores = {m: simulate(ps, lo, m, called, stop) for m in MARGINS}
+    rates = {m: gate_rates(ps, lo, m, called, stop) for m in MARGINS}
+    # a kind of round the crops never gave cannot be got wrong
+    best = pick_margin(scores, max_rounds, {m: tuple(np.nan_to_num(v, nan=1.0)) for m, v in rates.items()}, reject, accept)
+    return best, simulate(ps[degraded], lo[degraded], best, None if called is None else called[degraded], stop)[0], scores, rates
 
 
 def stops(lo, margin, clean=None, stop_when_clean=False):
@@ -150,24 +199,31 @@ def main():
                     help=f"share of rounds {GATE_DB} dB worse than their predecessor the gate should reject (default 0.95)")
     ap.add_argument("--accept", type=float, default=0.80,
                     help=f"share of rounds {GATE_DB} dB better than their predecessor the gate should accept (default 0.80)")
-    ap.add_argument("--write", action="store_true", help="store the best margin (and --lqa-view) in the model file")
+    ap.add_argument("--clean-recall", type=float, default=0.9,
+                    help="share of the clean crops the LQA must still call clean past its clean margin (default 0.9)")
+    ap.add_argument("--write", action="store_true",
+                    help="store the margins, the stop on Clean and --lqa-view in the model file")
     args = ap.parse_args()
     path = Path(args.model or default_model_path())
     model = load_rar(path).eval()
+    was = replace(model.config)
     model.config.lqa_view = args.lqa_view
     if model.config.verify_orders != 2:
         raise SystemExit("the margin applies to verification in both orders (verify_orders = 2)")
     pool = T.PhotoPool(Path(args.data), cfg=recipe_pool(args.recipe))
-    ps, lo, called = [], [], []
-    for start in range(0, args.samples, 8):
-        p, l_, c = record(model, pool, min(8, args.samples - start), args.size, args.seed + start, clean_share=args.clean)
-        ps.append(p)
-        lo.append(l_)
-        called.append(c)
-    ps, lo, called = np.concatenate(ps), np.concatenate(lo), np.concatenate(called)
-    stop = model.config.stop_when_clean
-    print(f"the LQA calls {called[:, 0].mean():.0%} of the inputs clean"
-          f"{' (the loop stops there)' if stop else ' (the model does not stop on it)'}")
+    batches = [crops(pool, min(8, args.samples - s), args.size, args.seed + s, args.clean) for s in range(0, args.samples, 8)]
+    undegraded = np.concatenate([b[2] for b in batches])
+    clean_margin = None
+    if has_clean_label(model) and undegraded.any():
+        # round 0 only: its answer does not depend on the margin, the rounds after do
+        with torch.no_grad():
+            cl0 = np.concatenate([clean_log_odds(model, model.encode(b[1])).double().numpy() for b in batches])
+        clean_margin = pick_clean_margin(cl0[undegraded], args.clean_recall)
+        print(f"the LQA's greedy answer calls {np.mean(cl0[undegraded] > 0):.0%} of the clean crops clean and "
+              f"{np.mean(cl0[~undegraded] > 0):.0%} of the degraded ones; clean margin for {args.clean_recall:.0%} "
+              f"of the clean: {clean_margin}")
+    model.config.clean_margin = clean_margin
+    ps, lo, cl = (np.concatenate(v) for v in zip(*(record(model, b[0], b[1]) for b in batches)))
     print(f"{len(ps)} training crops: input {ps[:, 0].mean():.2f} dB, rounds 1-4 {ps[:, 1:].mean(0).round(2).tolist()}")
     oracle = ps.max(1)  # a verifier that always stopped at the best round (the headroom of the gate)
     print(f"oracle stop: {oracle.mean():.2f} dB at {ps.argmax(1).mean():.2f} rounds")
@@ -181,23 +237,33 @@ def main():
         c = clear[:, k]
         share = f"{right[c, k].mean():.0%}" if c.any() else "-"
         print(f"  round {k + 1} against {k}: {share} of {c.sum()} right, mean gain {gain[:, k].mean():+.2f} dB")
-    print(f"margin | mean PSNR | rounds | worse by {GATE_DB} dB rejected | better by {GATE_DB} dB accepted")
-    scores = {m: simulate(ps, lo, m, called, stop) for m in MARGINS}
-    rates = {m: gate_rates(ps, lo, m, called, stop) for m in MARGINS}
-    for m, (p, r) in scores.items():
-        print(f"{m:6.2f} | {p:9.2f} | {r:6.2f} | {rates[m][0]:.0%} | {rates[m][1]:.0%}")
-    # a kind of round the crops never gave cannot be got wrong
-    best = pick_margin(scores, args.max_rounds, {m: tuple(np.nan_to_num(v, nan=1.0)) for m, v in rates.items()},
-                       args.reject, args.accept)
-    print(f"best margin {best} within {args.max_rounds} rounds (was {model.config.verify_margin})")
+    degraded = ~undegraded
+    gates = {"never": choose_gate(ps, lo, None, degraded, args.max_rounds, args.reject, args.accept)}
+    if clean_margin is not None:
+        called = cl > clean_margin
+        gates["on Clean"] = choose_gate(ps, lo, called, degraded, args.max_rounds, args.reject, args.accept)
+        print(f"with the margin the LQA calls {called[undegraded, 0].mean():.0%} of the clean crops clean "
+              f"and {called[degraded, 0].mean():.0%} of the degraded ones")
+    for name, (best, deg_psnr, scores, rates) in gates.items():
+        print(f"the loop stops {name}: margin | mean PSNR | rounds | worse by {GATE_DB} dB rejected | better by {GATE_DB} dB accepted")
+        for m, (p, r) in scores.items():
+            print(f"{m:6.2f} | {p:9.2f} | {r:6.2f} | {rates[m][0]:.0%} | {rates[m][1]:.0%}")
+        print(f"  best margin {best} within {args.max_rounds} rounds: degraded crops {deg_psnr:.2f} dB "
+              f"(input {ps[degraded, 0].mean():.2f})")
+    stop = "on Clean" in gates and gates["on Clean"][1] >= gates["never"][1] - CLEAN_COST_DB
+    best = gates["on Clean" if stop else "never"][0]
+    print(f"verify margin {best} (was {was.verify_margin}), clean margin {clean_margin} "
+          f"(was {was.clean_margin}), stop on Clean: {stop} (was {was.stop_when_clean})")
     if args.write:
         model.config.verify_margin = float(best)
+        model.config.stop_when_clean = bool(stop)
         meta = read_metadata(path)
         # load_rar computes in fp32 on a CPU; write the file back in the precision it was stored in
         with safe_open(str(path), framework="pt") as f:
             dtype = next(t.dtype for t in (f.get_tensor(k) for k in f.keys()) if t.is_floating_point())
         save_rar(model, path, {k: meta[k] for k in ("stage",) if k in meta}, dtype=dtype)
-        print(f"wrote verify_margin = {best}, lqa_view = {args.lqa_view} into {path}")
+        print(f"wrote verify_margin = {best}, clean_margin = {clean_margin}, stop_when_clean = {stop}, "
+              f"lqa_view = {args.lqa_view} into {path}")
 
 
 if __name__ == "__main__":

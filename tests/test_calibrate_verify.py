@@ -75,3 +75,26 @@ def test_recipe_pool_knows_the_experiments(cv):
     assert cv.recipe_pool("compact-verify").dark_p == 0  # the model built in before, from experiments/
     with pytest.raises(SystemExit, match="unknown recipe"):
         cv.recipe_pool("nope")
+
+
+def test_pick_clean_margin_keeps_the_recall_on_clean_crops(cv):
+    cl = np.array([2.6, 2.4, 3.0, 1.6, 2.2, 0.3, 2.9, 2.7, 2.5, 2.8])
+    m = cv.pick_clean_margin(cl, 0.9)  # 9 of 10 must stay above it: below 1.6, not below 0.3
+    assert m == 1.5 and np.mean(cl > m) >= 0.9
+    assert cv.pick_clean_margin(cl, 1.0) == 0.25
+    assert cv.pick_clean_margin(cl, 0.5) == 2.5
+    # a margin only holds "Clean" back: an LQA that rarely says it gets none
+    assert cv.pick_clean_margin(np.array([-1.0, -2.0, 0.5]), 0.9) is None
+
+
+def test_choose_gate_scores_the_degraded_crops_with_its_stop(cv):
+    """Stopping on "Clean" at round 0 keeps a clean crop at its 60 dB but costs a degraded one
+    its gain; the degraded crops' mean PSNR says what the stop costs."""
+    ps = np.array([[60.0, 60.0, 60.0], [20.0, 24.0, 25.0], [22.0, 25.0, 26.0]])
+    lo = np.array([[3.0, 3.0], [3.0, 3.0], [3.0, 3.0]])
+    degraded = np.array([False, True, True])
+    best, psnr, _, _ = cv.choose_gate(ps, lo, None, degraded, 4.0, 0.95, 0.8)
+    assert best == 0.0 and psnr == 25.5  # every round accepted
+    called = np.array([[True, False], [True, False], [False, False]])  # degraded crop 1 called clean
+    best, psnr, _, _ = cv.choose_gate(ps, lo, called, degraded, 4.0, 0.95, 0.8)
+    assert psnr == np.mean([20.0, 26.0])

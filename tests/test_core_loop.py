@@ -323,9 +323,9 @@ def test_verify_both_orders_is_symmetric_and_sums_log_odds(tiny_model, sharpen, 
     back = RARConfig.from_json(tiny_model.config.to_json())
     assert back.verify_orders == 2 and back.verify_margin == tiny_model.config.verify_margin
     raw = json.loads(tiny_model.config.to_json())
-    del raw["verify_orders"], raw["verify_margin"]
+    del raw["verify_orders"], raw["verify_margin"], raw["clean_margin"]
     old = RARConfig.from_json(json.dumps(raw))
-    assert old.verify_orders == 1 and old.verify_margin == 0.0
+    assert old.verify_orders == 1 and old.verify_margin == 0.0 and old.clean_margin is None
 
 
 def test_lqa_view_assesses_and_verifies_the_central_window(tiny_model, sharpen, monkeypatch):
@@ -485,3 +485,21 @@ def test_paper_eval_with_one_round_returns_the_input(tiny_model, monkeypatch):
 def test_unknown_protocol_is_refused(tiny_model):
     with pytest.raises(ValueError, match="protocol must be one of"):
         tiny_model.run(start(1), max_rounds=2, protocol="paper")
+
+
+def test_clean_margin_decides_the_assessment_and_travels_with_the_config(tiny_model, monkeypatch):
+    """config.clean_margin reaches the LQA's answer through `assess` (and so the loop's stop on
+    "Clean"), and is stored in the model file's config."""
+    from rar_core.config import RARConfig
+
+    labels = tiny_model.config.labels
+    assert prompts.is_clean(labels[0])
+    z = torch.randn(3, 16, H, W, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(tiny_model.config, "clean_margin", -1e9)  # any log-odds pass
+    assert tiny_model.assess(z).answer == [labels[0]] * 3
+    monkeypatch.setattr(tiny_model.config, "clean_margin", 1e9)  # none does
+    answers = tiny_model.assess(z).answer
+    with torch.no_grad():
+        assert answers == tiny_model.lqa.identify(z, list(labels[1:])).text
+    monkeypatch.setattr(tiny_model.config, "clean_margin", 1.25)
+    assert RARConfig.from_json(tiny_model.config.to_json()).clean_margin == 1.25

@@ -207,3 +207,31 @@ def test_sine_position_embedding():
     assert torch.allclose(pe[:, 0, :4], pe[:, 4, :4])  # y half depends on the row only
     assert torch.allclose(pe[0, :, 4:], pe[2, :, 4:])  # x half depends on the column only
     assert not torch.allclose(pe[0, 0], pe[1, 1])
+
+
+@torch.no_grad()
+def test_a_margin_thresholds_the_clean_answer(trained):
+    """With a margin on "Clean", it is the answer exactly when its log-probability beats every
+    other label's by more than the margin; otherwise the answer, and the hidden states A_Q reads,
+    are those of the greedy choice among the other labels."""
+    lqa, _ = trained
+    ids = [0, 0, 0, 1, 2, 3, 4, 0]
+    z = sample(ids, seed=321, noise=1.0)  # noisy enough that the Clean log-odds spread
+    prefix = identify_prefix(lqa, z)
+    plain = lqa.choose(prefix, CLASSES)
+    rest = lqa.choose(prefix, CLASSES[1:])
+    gap = plain.logprob[:, 0] - plain.logprob[:, 1:].max(1).values
+    assert gap.max() > 0 > gap.min()  # both kinds of item are here
+    for m in [-1e9, float(gap.min()) - 1.0, 0.0, float(gap.median()), float(gap.max()) + 1.0, 1e9]:
+        a = lqa.choose(prefix, CLASSES, {"Clean": m})
+        for b in range(len(ids)):
+            if gap[b] > m:
+                assert a.text[b] == "Clean"
+                assert torch.allclose(a.hidden[b], plain.hidden[b] if plain.text[b] == "Clean" else
+                                      lqa.teacher_forced(prefix[b : b + 1], ["Clean"])[0][0], atol=1e-4)
+            else:
+                assert a.text[b] == rest.text[b]
+                assert torch.allclose(a.hidden[b], rest.hidden[b], atol=1e-4)
+        assert torch.equal(a.logprob, plain.logprob)  # the scores are the LQA's; only the decision moves
+    # a margin on a label that is not a candidate changes nothing
+    assert lqa.choose(prefix, CLASSES, {"Snow": 5.0}).text == plain.text
