@@ -17,10 +17,10 @@ right most often on the two kinds of rounds: a verifier that likes every round c
 hundredths of a dB with twice the compute or with harm to clean photos, and one that likes none
 cannot win by restoring nothing.
 
-The clean margin: the largest that still calls --clean-recall (90 %) of the clean crops clean.
-The loop stops on "Clean" only when that costs the degraded crops at most CLEAN_COST_DB of mean
-PSNR (each way with its own verify margin); otherwise "Clean" stays the plain greedy answer and
-the loop leaves stopping to the verifier. --write stores the margins, the stop and the LQA's view
+The clean margin: the largest that still calls --clean-recall (90 %) of the clean crops clean
+(none when not even 0 does: the LQA then answers greedily). The rounds are restored with it. The
+loop stops on "Clean" only when that costs the degraded crops at most CLEAN_COST_DB of mean PSNR
+(each way with its own verify margin); otherwise the loop leaves stopping to the verifier. --write stores the margins, the stop and the LQA's view
 window (`lqa_view`, default: the compact preset's, the largest training crop) in the model file.
 
     python scripts/calibrate_verify.py [--model M] [--samples 48] [--clean 0.33] [--write]
