@@ -53,7 +53,8 @@ EXPERIMENTS = {
         verify=StageConfig(steps=1200, batch=8, crop=128, lr=1e-4, crops=(64, 128, 192, 256), clean_p=0.33),
     ),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
-    # chance on the answer token (BENCHMARKS.md, experiment verify lr 5e-4).
+    # chance on the answer token. The loss stayed where it was and the gate got worse
+    # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).
     "compact-verify-lr": replace(COMPACT, name="compact-verify-lr", verify=replace(COMPACT.verify, lr=5e-4)),
     # The verify stage of the model built in before compact-verify-clean (commit 57de5ae): no
     # "Clean" answer taught.
