@@ -156,6 +156,11 @@ def _tokenizer_object(text: str):
     return Tokenizer.from_str(text)
 
 
+def log_odds_over_rest(lp: torch.Tensor, i: int) -> torch.Tensor:
+    """[B] log-probability of candidate i minus the best other candidate's (lp: [B, C], C > 1)."""
+    return lp[:, i] - torch.cat((lp[:, :i], lp[:, i + 1:]), 1).max(1).values
+
+
 class LQA(nn.Module):
     def __init__(self, adapter: AdapterConfig, lm: LMConfig, latent_channels: int):
         super().__init__()
@@ -250,13 +255,14 @@ class LQA(nn.Module):
                 if done:
                     return done[0]
 
-        thresholded = {candidates.index(c): m for c, m in (margins or {}).items() if c in candidates}
+        thresholded = {candidates.index(c): m for c, m in (margins or {}).items() if c in candidates and C > 1}
+        gap = {i: log_odds_over_rest(lp, i) for i in thresholded}
         index = torch.empty(B, dtype=torch.long)
         hidden = []
         for b in range(B):
             pick, alive = None, list(range(C))
             for i, m in thresholded.items():
-                if C > 1 and float(lp[b, i] - torch.cat((lp[b, :i], lp[b, i + 1:])).max()) > m:
+                if float(gap[i][b]) > m:
                     pick = i
                     break
                 alive.remove(i)

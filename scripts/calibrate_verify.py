@@ -40,6 +40,7 @@ from rar_core import train as T  # noqa: E402
 from rar_core.checkpoint import default_model_path, load_rar, read_metadata, save_rar  # noqa: E402
 from rar_core import prompts  # noqa: E402
 from rar_core.loop import run  # noqa: E402
+from rar_core.lqa import log_odds_over_rest  # noqa: E402
 from rar_core.config import RARConfig  # noqa: E402
 
 MARGINS = (-2.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -54,8 +55,7 @@ def clean_log_odds(model, z: torch.Tensor) -> torch.Tensor:
     """[B] log P(Clean) - max log P(other label) of the LQA's identification of z (no margin)."""
     labels = list(model.config.labels)
     i = next(j for j, label in enumerate(labels) if prompts.is_clean(label))
-    lp = model.lqa.identify(model.lqa_view(z), labels).logprob.float().cpu()
-    return lp[:, i] - torch.cat((lp[:, :i], lp[:, i + 1:]), 1).max(1).values
+    return log_odds_over_rest(model.lqa.identify(model.lqa_view(z), labels).logprob.float().cpu(), i)
 
 
 def crops(pool, n, size, seed, clean_share=0.0):
@@ -76,10 +76,11 @@ def has_clean_label(model) -> bool:
 
 
 @torch.no_grad()
-def record(model, x_hq, x, rounds=4):
+def record(model, x_hq, x, z, rounds=4):
     """psnr[i][k] (k = 0: input, capped at PSNR_CAP), log-odds[i][k-1] of round k against round
-    k-1, and clean[i][k]: the "Clean" log-odds of round k (k < rounds; NaN without a clean label)."""
-    zs = [model.encode(x)]
+    k-1, and clean[i][k]: the "Clean" log-odds of round k (k < rounds; NaN without a clean label),
+    from the inputs x and their latents z."""
+    zs = [z]
     run(model, zs[0], rounds, mode="fixed", callback=lambda k, z: zs.append(z.clone()))
     lo = torch.stack([model.verify_log_odds(new, prev) for prev, new in zip(zs, zs[1:])], 1)
     if has_clean_label(model):
@@ -213,17 +214,18 @@ def main():
     pool = T.PhotoPool(Path(args.data), cfg=recipe_pool(args.recipe))
     batches = [crops(pool, min(8, args.samples - s), args.size, args.seed + s, args.clean) for s in range(0, args.samples, 8)]
     undegraded = np.concatenate([b[2] for b in batches])
+    with torch.no_grad():
+        z0 = [model.encode(b[1]) for b in batches]
     clean_margin = None
     if has_clean_label(model) and undegraded.any():
         # round 0 only: its answer does not depend on the margin, the rounds after do
-        with torch.no_grad():
-            cl0 = np.concatenate([clean_log_odds(model, model.encode(b[1])).double().numpy() for b in batches])
+        cl0 = np.concatenate([clean_log_odds(model, z).double().numpy() for z in z0])
         clean_margin = pick_clean_margin(cl0[undegraded], args.clean_recall)
         print(f"the LQA's greedy answer calls {np.mean(cl0[undegraded] > 0):.0%} of the clean crops clean and "
               f"{np.mean(cl0[~undegraded] > 0):.0%} of the degraded ones; clean margin for {args.clean_recall:.0%} "
               f"of the clean: {clean_margin}")
     model.config.clean_margin = clean_margin
-    ps, lo, cl = (np.concatenate(v) for v in zip(*(record(model, b[0], b[1]) for b in batches)))
+    ps, lo, cl = (np.concatenate(v) for v in zip(*(record(model, b[0], b[1], z) for b, z in zip(batches, z0))))
     print(f"{len(ps)} training crops: input {ps[:, 0].mean():.2f} dB, rounds 1-4 {ps[:, 1:].mean(0).round(2).tolist()}")
     oracle = ps.max(1)  # a verifier that always stopped at the best round (the headroom of the gate)
     print(f"oracle stop: {oracle.mean():.2f} dB at {ps.argmax(1).mean():.2f} rounds")
