@@ -56,6 +56,10 @@ EXPERIMENTS = {
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).
     "compact-verify-lr": replace(COMPACT, name="compact-verify-lr", verify=replace(COMPACT.verify, lr=5e-4)),
+    # `compact` with the verify stage ranking every pair of a sample's rounds, not only successive
+    # ones: more pairs, and clearer ones, for a comparison that ends near chance on successive
+    # rounds.
+    "compact-verify-pairs": replace(COMPACT, name="compact-verify-pairs", verify=replace(COMPACT.verify, all_pairs=True)),
     # The verify stage of the model built in before compact-verify-clean (commit 57de5ae): no
     # "Clean" answer taught.
     "compact-verify-dark": replace(COMPACT, name="compact-verify-dark", verify=replace(COMPACT.verify, clean_answer=0.0)),

@@ -86,6 +86,9 @@ class StageConfig:
     # Verify stage: successive rounds closer than this (dB, decoded, against the clean photo) are
     # near-ties whose order the LQA cannot learn; such pairs are skipped.
     tie_db: float = 0.25
+    # Verify stage: rank every pair of a sample's rounds, not only successive ones. The loop asks
+    # about successive rounds; the pairs further apart differ more, and teach the same ordering.
+    all_pairs: bool = False
     # Verify stage: weight of the term holding the identification hidden states to the frozen
     # LQA's (relative MSE), so A_Q's input stays the one the restorer was trained with.
     keep: float = 10.0
@@ -490,10 +493,13 @@ def batch_verify(pool, rng, batch, crop, cfg):
             "cq": int(rng.integers(len(prompts.COMPARE))), "u": torch.from_numpy(rng.random((batch, 2)))}
 
 
-def verify_pairs(ps: list[float], tie_db: float) -> list[tuple[int, int]]:
-    """(better, worse) pairs of successive rounds of one sample, as indices into ps (ps[k]: the
-    PSNR of round k, k = 0 the input), leaving out near-ties whose order cannot be learnt."""
-    return [(k + 1, k) if ps[k + 1] > ps[k] else (k, k + 1) for k in range(len(ps) - 1) if abs(ps[k + 1] - ps[k]) >= tie_db]
+def verify_pairs(ps: list[float], tie_db: float, all_pairs: bool = False) -> list[tuple[int, int]]:
+    """(better, worse) pairs of successive rounds of one sample (every pair of rounds with
+    `all_pairs`), as indices into ps (ps[k]: the PSNR of round k, k = 0 the input), leaving out
+    near-ties whose order cannot be learnt."""
+    n = len(ps)
+    ks = [(j, k) for j in range(n) for k in range(j + 1, n if all_pairs else min(j + 2, n))]
+    return [(k, j) if ps[k] > ps[j] else (j, k) for j, k in ks if abs(ps[k] - ps[j]) >= tie_db]
 
 
 def step_verify(model, b, gen, cfg, reference):
@@ -507,7 +513,7 @@ def step_verify(model, b, gen, cfg, reference):
     every = torch.stack(zs + [z_hq, z_tint])  # rows 0..R: rounds, R + 1: clean, R + 2: tinted clean
     pairs = []
     for i, (p, (pick, _)) in enumerate(zip(ps, b["u"].tolist())):
-        pairs += [(g, w, i) for g, w in verify_pairs(p, cfg.tie_db)]
+        pairs += [(g, w, i) for g, w in verify_pairs(p, cfg.tie_db, cfg.all_pairs)]
         pairs.append((R + 1, R + 2, i) if b["clean"][i] else (R + 1, min(int(pick * (R + 1)), R), i))
     dev = z_hq.device
     g, w, i = torch.tensor(pairs, device=dev).T

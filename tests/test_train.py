@@ -395,6 +395,9 @@ def test_e2e_identifies_the_input_round_only_when_asked(data_dir, tiny_factory):
 def test_verify_pairs_rank_rounds_and_skip_near_ties():
     pairs = T.verify_pairs([20.0, 22.0, 22.1, 21.0], tie_db=0.25)
     assert pairs == [(1, 0), (2, 3)]  # round 1 beats the input; 1 vs 2 is a near-tie; 2 beats 3
+    every = T.verify_pairs([20.0, 22.0, 22.1, 21.0], tie_db=0.25, all_pairs=True)
+    # rounds 1 and 2 beat the input and round 3, round 3 beats the input; only 1 vs 2 is a near-tie
+    assert sorted(every) == [(1, 0), (1, 3), (2, 0), (2, 3), (3, 0)]
 
 
 def test_verify_step_trains_the_lqa_alone_on_every_sample(data_dir, tiny_factory):
