@@ -58,7 +58,8 @@ EXPERIMENTS = {
     "compact-verify-lr": replace(COMPACT, name="compact-verify-lr", verify=replace(COMPACT.verify, lr=5e-4)),
     # `compact` with the verify stage ranking every pair of a sample's rounds, not only successive
     # ones: more pairs, and clearer ones, for a comparison that ends near chance on successive
-    # rounds.
+    # rounds. The gate came no closer to its targets and lightly degraded inputs came out worse
+    # (BENCHMARKS.md, experiment compact-verify-pairs; not built in).
     "compact-verify-pairs": replace(COMPACT, name="compact-verify-pairs", verify=replace(COMPACT.verify, all_pairs=True)),
     # The verify stage of the model built in before compact-verify-clean (commit 57de5ae): no
     # "Clean" answer taught.

@@ -51,6 +51,8 @@ def main() -> None:
     args = ap.parse_args()
     model = load_rar(Path(args.model or default_model_path())).eval()
     c0, v0 = model.config.clean_margin, model.config.verify_margin
+    if c0 is None or not model.config.stop_when_clean:
+        raise SystemExit("the model does not stop on a calibrated \"Clean\": run scripts/calibrate_verify.py --write first")
     pool = T.PhotoPool(Path(args.data), cfg=C.recipe_pool("compact"))
     for seed in args.seeds:
         batches = [C.crops(pool, min(8, args.samples - s), 256, seed + s, 0.33) for s in range(0, args.samples, 8)]
