@@ -20,8 +20,9 @@ cannot win by restoring nothing.
 The clean margin: the largest that still calls --clean-recall (90 %) of the clean crops clean
 (none when not even 0 does: the LQA then answers greedily). The rounds are restored with it. The
 loop stops on "Clean" only when that costs the degraded crops at most CLEAN_COST_DB of mean PSNR
-(each way with its own verify margin); otherwise the loop leaves stopping to the verifier. --write stores the margins, the stop and the LQA's view
-window (`lqa_view`, default: the compact preset's, the largest training crop) in the model file.
+(each way with its own verify margin); otherwise the loop leaves stopping to the verifier.
+--write stores the margins, the stop and the LQA's view window (`lqa_view`, default: the compact
+preset's, the largest training crop) in the model file.
 
     python scripts/calibrate_verify.py [--model M] [--samples 48] [--clean 0.33] [--write]
 """
@@ -112,12 +113,13 @@ def choose_gate(ps, lo, called, degraded, max_rounds, reject, accept):
 
 def stops(lo, margin, clean=None, stop_when_clean=False):
     """The round each sample's adaptive loop keeps: before the first rejected round, or the first
-    round called clean (kept as it is)."""
+    round called clean (kept as it is). `margin`: the verify margin, or one for each round."""
     R = lo.shape[1]
+    margin = np.broadcast_to(np.asarray(margin, dtype=float), (R,))
     out = []
     for i in range(len(lo)):
         k = 0
-        while k < R and not (stop_when_clean and clean is not None and clean[i, k]) and lo[i, k] > margin:
+        while k < R and not (stop_when_clean and clean is not None and clean[i, k]) and lo[i, k] > margin[k]:
             k += 1
         out.append(k)
     return out

@@ -31,15 +31,9 @@ def auc(y: np.ndarray, s: np.ndarray) -> float:
     return float(np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])))
 
 
-def kept(ps, lo, cl, clean, verify):
+def kept(lo, cl, clean, verify):
     """The round each crop's loop keeps: `clean[k]` / `verify[k]` are round k's stop margins."""
-    out = []
-    for i in range(len(ps)):
-        k = 0
-        while k < lo.shape[1] and not (k < cl.shape[1] and cl[i, k] > clean[k]) and lo[i, k] > verify[k]:
-            k += 1
-        out.append(k)
-    return np.array(out)
+    return np.array(C.stops(lo, verify, cl > np.asarray(clean)[None], stop_when_clean=True))
 
 
 def main() -> None:
@@ -69,9 +63,9 @@ def main() -> None:
         R = lo.shape[1]
         rows = []
         for cl_later, v_later in itertools.product(np.arange(-3.0, c0 + 0.01, 0.5), C.MARGINS):
-            k = kept(ps, lo, cl, [c0] + [cl_later] * (R - 1), [v0] + [v_later] * (R - 1))
+            k = kept(lo, cl, [c0] + [cl_later] * (R - 1), [v0] + [v_later] * (R - 1))
             rows.append((ps[np.arange(len(ps)), k][deg].mean(), cl_later, v_later))
-        base = ps[np.arange(len(ps)), kept(ps, lo, cl, [c0] * R, [v0] * R)][deg].mean()
+        base = ps[np.arange(len(ps)), kept(lo, cl, [c0] * R, [v0] * R)][deg].mean()
         best = max(rows)
         print(f"  degraded crops: calibrated margins {base:.2f} dB; best later-round margins "
               f"(clean {best[1]:.1f}, verify {best[2]}) {best[0]:.2f} dB")
