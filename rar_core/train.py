@@ -8,6 +8,8 @@
                each round's predicted clean latent feeds the next without a gradient cut
     decoder    decoder-only fine-tuning of the codec: the encoder (so every latent the other
                stages learned on) stays fixed, only the final decode gets sharper
+    refine     (a recipe's option) the e2e rounds again, on a photo pool of their own
+    verify     (a recipe's option) the LQA alone, on the restorer's own rounds: the gate
 
 A recipe (`RECIPES`) is data: the architecture the codec stage builds and every stage's sizes.
 Every stage reads the previous stage's model file and writes its own; training state (model,
@@ -43,10 +45,13 @@ from .uir import flow_loss, sample_s
 
 # The paper's order (Sec. 6.1): UIR pre-training, LQA stages, connector, end-to-end.
 STAGES = ("codec", "uir", "lqa", "connector", "e2e", "decoder")
-OPTIONAL = ("verify",)  # after the decoder, in the recipes that have it
+OPTIONAL = ("refine", "verify")  # after the decoder, in this order, in the recipes that have them
+# The stage each starts from when run alone; in a recipe, the one before it (Recipe.previous).
 PREVIOUS = {"codec": None, "uir": "codec", "lqa": "uir", "connector": "lqa", "e2e": "connector", "decoder": "e2e",
-            "verify": "decoder"}
-STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4, "decoder": 5, "verify": 6}  # fixed, whatever the order
+            "refine": "decoder", "verify": "decoder"}
+# Fixed, whatever the order. refine continues the e2e stage's rounds, so it draws as e2e does (its
+# pool, not its draws, is what differs).
+STAGE_SEED = {"codec": 0, "lqa": 1, "uir": 2, "connector": 3, "e2e": 4, "decoder": 5, "verify": 6, "refine": 4}
 ROUND_WEIGHTS = (0.2, 0.3, 0.4, 1.0)
 CLEAN = "Clean"
 
@@ -122,14 +127,20 @@ class Recipe:
     e2e: StageConfig
     decoder: StageConfig
     pool: PoolConfig = PoolConfig()
-    verify: StageConfig | None = None  # the gate on the restorer's own rounds, after the decoder
+    refine: StageConfig | None = None  # the e2e rounds again after the decoder, on a pool of their own
+    verify: StageConfig | None = None  # the gate on the restorer's own rounds, last
 
     def stage(self, name: str) -> StageConfig:
         return getattr(self, name)
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return STAGES + (("verify",) if self.verify is not None else ())
+        return STAGES + tuple(s for s in OPTIONAL if self.stage(s) is not None)
+
+    def previous(self, stage: str) -> str | None:
+        """The stage whose model `stage` starts from in this recipe."""
+        i = self.stages.index(stage)
+        return self.stages[i - 1] if i else None
 
 
 # `compact` is the shipped model's recipe: `rar train --stage all` on 2 CPU cores, 5 h 46 min
@@ -303,6 +314,7 @@ def trainable(model: RAR, stage: str) -> list[torch.nn.Parameter]:
         "uir": [model.uir],
         "connector": [model.connector, model.uir],
         "e2e": [model.connector, model.uir, model.lqa],
+        "refine": [model.connector, model.uir, model.lqa],
         "decoder": [model.codec.vae.decoder, model.codec.vae.post_quant_conv],
         "verify": [model.lqa],
     }[stage]
@@ -564,8 +576,9 @@ BATCH = {
     "e2e": batch_pairs(composite_p=0.6, rounds=len(ROUND_WEIGHTS)),
     "verify": batch_verify,
 }
+BATCH["refine"] = BATCH["e2e"]
 STEP = {"codec": step_codec, "uir": step_uir, "lqa": step_lqa, "connector": step_connector, "e2e": step_e2e,
-        "decoder": step_decoder, "verify": step_verify}
+        "decoder": step_decoder, "refine": step_e2e, "verify": step_verify}
 
 
 class StageBatches(torch.utils.data.Dataset):
@@ -640,8 +653,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int = 0, preset: str = "compact",
                 init: Path | None = None, quiet: bool = False, device: str = "auto", workers: int | None = None,
-                budget_s: float | None = None, pool: PoolConfig = PoolConfig()) -> Path:
-    """Train one stage from the previous stage's model (or `init`), resuming any saved state.
+                budget_s: float | None = None, pool: PoolConfig = PoolConfig(), after: str | None = None) -> Path:
+    """Train one stage from the model of stage `after` (by default PREVIOUS[stage]) or `init`,
+    resuming any saved state.
 
     The codec stage builds a fresh model of `preset` unless `init` gives one. `budget_s` fits the
     run to a time budget: the rate measured early on (CALIB) caps the step count (the log and the
@@ -655,11 +669,12 @@ def train_stage(stage: str, out: Path, data: Path, cfg: StageConfig, seed: int =
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    prev = init or (stage_path(out, PREVIOUS[stage]) if PREVIOUS[stage] else None)
+    after = after or PREVIOUS[stage]
+    prev = init or (stage_path(out, after) if after else None)
     if prev is not None:
         if not prev.is_file():
             raise SystemExit(f"stage '{stage}' starts from {prev}, which does not exist: "
-                             f"run `rar train --stage {PREVIOUS[stage]}` first")
+                             f"run `rar train --stage {after}` first")
         model = load_rar(prev)
     else:
         model = build_model(RARConfig.preset(preset), seed=seed)
@@ -754,7 +769,7 @@ def cmd_train(args) -> int:
     for stage in stages:
         path = train_stage(stage, Path(args.out), Path(args.data), stage_config(recipe, stage, args.steps), args.seed,
                            recipe.preset, quiet=args.quiet, device=args.device, budget_s=args.budget_s,
-                           pool=recipe.stage(stage).pool or recipe.pool)
+                           pool=recipe.stage(stage).pool or recipe.pool, after=recipe.previous(stage))
     if args.export and path is not None:
         model = load_rar(path)
         save_rar(model, args.export, {"stage": "final"}, dtype=torch.float16)  # half the bytes to ship

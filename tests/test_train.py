@@ -100,6 +100,29 @@ def test_stage_all_chains_every_stage_exports_and_resumes(tmp_path, data_dir, ti
     assert steps == [1, 2, 3]
 
 
+def test_refine_stage_runs_after_the_decoder_and_verify_after_it(tmp_path, data_dir, tiny_config, monkeypatch):
+    """A recipe with the refine stage: it starts from the decoder stage, trains what e2e trains
+    on its own pool, and the verify stage then starts from it, not from the decoder."""
+    own = T.PoolConfig(synthetic=1, synthetic_p=0.5, dark_p=0.5)
+    recipe = _tiny_recipe()
+    recipe = replace(recipe, refine=replace(recipe.e2e, pool=own))
+    assert recipe.stages == (*T.STAGES, "refine", "verify")
+    assert recipe.previous("refine") == "decoder" and recipe.previous("verify") == "refine"
+    monkeypatch.setitem(T.RECIPES, "tiny", recipe)
+    out = tmp_path / "runs"
+    save_rar(build_model(tiny_config, seed=0), T.stage_path(out, "decoder"), {"stage": "decoder"})
+    pools = []
+    real_pool = T.PhotoPool
+    monkeypatch.setattr(T, "PhotoPool", lambda data, cfg: pools.append(cfg) or real_pool(data, cfg=cfg))
+    for stage in ("refine", "verify"):
+        assert _rar_train(["--stage", stage, "--recipe", "tiny", "--data", str(data_dir), "--out", str(out),
+                           "--device", "cpu", "-q"]) == 0
+    assert pools == [own, recipe.verify.pool or recipe.pool]
+    decoder, refine, verify = (load_rar(T.stage_path(out, s)).state_dict() for s in ("decoder", "refine", "verify"))
+    assert {k.split(".")[0] for k in decoder if not torch.equal(decoder[k], refine[k])} == {"connector", "uir", "lqa"}
+    assert {k.split(".")[0] for k in refine if not torch.equal(refine[k], verify[k])} == {"lqa"}
+
+
 def test_state_roundtrip_restores_model_and_optimizer(tmp_path, tiny_factory):
     model = tiny_factory(seed=0)
     params = T.trainable(model, "connector")
@@ -177,7 +200,7 @@ def test_train_cli_offers_the_recipe_not_its_experiments(monkeypatch):
     assert flags == {"--help", "--stage", "--recipe", "--data", "--out", "--export", "--device", "--steps",
                      "--budget-s", "--seed", "--quiet"}
     stage = next(a for a in train._actions if a.dest == "stage")
-    assert tuple(stage.choices) == (*T.STAGES, "verify", "all")
+    assert tuple(stage.choices) == (*T.STAGES, "refine", "verify", "all")
     assert T.RECIPES["compact"].stages == (*T.STAGES, "verify")
     monkeypatch.setitem(T.RECIPES, "plain", replace(T.RECIPES["compact"], name="plain", verify=None))
     with pytest.raises(SystemExit, match="recipe 'plain' has no verify stage"):
