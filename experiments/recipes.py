@@ -52,12 +52,11 @@ EXPERIMENTS = {
         e2e=replace(COMPACT.e2e, clean_p=0.25, identify_input_only=True),
         verify=StageConfig(steps=1200, batch=8, crop=128, lr=1e-4, crops=(64, 128, 192, 256), clean_p=0.33),
     ),
-    # `compact` with the e2e rounds trained again after the decoder (1000 steps, the e2e stage's
-    # sizes) on a pool with bright exposures and flat graphics, before the verify stage: the
-    # restorer's stages saw mid-tone photos only. Dark exposures in this pool as well (dark_p
-    # 0.15) taught the restorer to leave low-light inputs dark (BENCHMARKS.md, experiment refine).
-    "compact-refine": replace(COMPACT, name="compact-refine", refine=replace(
-        COMPACT.e2e, steps=1000, pool=PoolConfig(synthetic=12, synthetic_p=0.12, bright_p=0.2))),
+    # The refine stage of `compact` with dark, low-key exposures in its pool as well (dark_p 0.15):
+    # it taught the restorer to leave low-light inputs dark (BENCHMARKS.md, experiment refine,
+    # dark exposures; screened only).
+    "compact-refine-dark": replace(COMPACT, name="compact-refine-dark", refine=replace(
+        COMPACT.refine, pool=replace(COMPACT.refine.pool, dark_p=0.15))),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).

@@ -143,8 +143,9 @@ class Recipe:
         return self.stages[i - 1] if i else None
 
 
-# `compact` is the shipped model's recipe: `rar train --stage all` on 2 CPU cores, 5 h 46 min
-# (codec 34 min, uir 97, lqa 93, connector 16, e2e 44, decoder 4, verify 59; docs/training.md).
+# `compact` is the shipped model's recipe: `rar train --stage all` on 2 CPU cores, 6 h 4 min
+# (codec 34 min, uir 97, lqa 93, connector 16, e2e 44, decoder 4, refine 18, verify 59;
+# docs/training.md).
 # The codec gets many steps because every later stage learns its latent space. The restorer, the
 # LQA and the connector train in large batches (96, 128 and 96) because what they are shown, not
 # how many steps they take, is what moved the eval set (BENCHMARKS.md, experiments); on a CPU a
@@ -161,6 +162,11 @@ RECIPES = {
         connector=StageConfig(steps=200, batch=96, crop=128, lr=2e-4, clean_p=0.05),
         e2e=StageConfig(steps=2500, batch=6, crop=96, lr=1e-4, crops=(96, 64, 128, 192, 256)),
         decoder=StageConfig(steps=1000, batch=8, crop=96, lr=5e-4),
+        # The e2e rounds again, shown bright exposures and flat graphics that the earlier stages
+        # were trained without: later rounds stop drifting, first rounds gain more (BENCHMARKS.md,
+        # experiment refine). Dark exposures here would teach it to leave low-light inputs dark.
+        refine=StageConfig(steps=1000, batch=6, crop=96, lr=1e-4, crops=(96, 64, 128, 192, 256),
+                           pool=PoolConfig(synthetic=12, synthetic_p=0.12, bright_p=0.2)),
         # The gate on the restorer's own rounds, shown bright and dark exposures and flat graphics
         # that the restorer's stages were trained without, and "Clean" taught where the first
         # round would not help (BENCHMARKS.md, experiments compact-verify-dark and

@@ -183,6 +183,8 @@ def test_compact_recipe_is_the_shipped_models():
         "e2e": (2500, 6, 96, 1e-4, (96, 64, 128, 192, 256), 0.1, 0.5),
         "decoder": (1000, 8, 96, 5e-4, (), 0.1, 0.5),
     }
+    assert r.refine == replace(r.e2e, steps=1000, pool=T.PoolConfig(synthetic=12, synthetic_p=0.12, bright_p=0.2))
+    assert r.stages == (*T.STAGES, "refine", "verify")
     assert {(c.log_every, c.save_every) for c in map(r.stage, T.STAGES)} == {(25, 200)}
     with pytest.raises(FrozenInstanceError):
         r.uir.steps = 1
@@ -201,7 +203,6 @@ def test_train_cli_offers_the_recipe_not_its_experiments(monkeypatch):
                      "--budget-s", "--seed", "--quiet"}
     stage = next(a for a in train._actions if a.dest == "stage")
     assert tuple(stage.choices) == (*T.STAGES, "refine", "verify", "all")
-    assert T.RECIPES["compact"].stages == (*T.STAGES, "verify")
     monkeypatch.setitem(T.RECIPES, "plain", replace(T.RECIPES["compact"], name="plain", verify=None))
     with pytest.raises(SystemExit, match="recipe 'plain' has no verify stage"):
         _rar_train(["--stage", "verify", "--recipe", "plain"])
