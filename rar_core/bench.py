@@ -69,8 +69,8 @@ CAUSES = {
     "codec reconstruction": "The compact codec is sized for CPU speed and caps every restored image: its round trip "
                             "alone gives 25-32 dB on flat and drawn content (experiments/rootcause E8).",
     "group A: mean PSNR gain": "Two limits: the gate accepts about two thirds of the rounds that would help (the "
-                               "verify gate table), and the compact restorer gains little beyond low light and haze: on "
-                               "inputs that are not dimmed its first round is near the input, and the best of its first "
+                               "verify gate table), and the compact restorer gains little beyond low light: on inputs "
+                               "that are not dimmed its first round is near the input, and the best of its first "
                                "4 rounds gains +3.5 dB on group A and +3.2 dB on B (experiment refine, screen of 4 "
                                "images per class).",
     "group B: mean PSNR gain": "As group A (the per-class table: dense texture and dark photos gain least).",
