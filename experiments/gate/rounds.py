@@ -35,12 +35,16 @@ def rounds(model, x: np.ndarray, clean: np.ndarray) -> dict:
             "res": [inp] + [capped_psnr(np.clip(x + d - d0, 0, 1), clean) for d in decoded]}
 
 
-def main() -> None:
+def setup(limit: int) -> tuple:
+    """(model of argv[1], clean 256 px crops of argv[2] or `limit` eval images, their classes)."""
     torch.set_num_threads(2)
     model = checkpoint.load_rar(sys.argv[1]).eval()
-    entries = bench.eval_entries(Path("data"), int(sys.argv[2]) if len(sys.argv) > 2 else 14)
-    cleans = [bench.center_crop(f, 256) for f, _ in entries]
-    classes = [c for _, c in entries]
+    entries = bench.eval_entries(Path("data"), int(sys.argv[2]) if len(sys.argv) > 2 else limit)
+    return model, [bench.center_crop(f, 256) for f, _ in entries], [c for _, c in entries]
+
+
+def main() -> None:
+    model, cleans, classes = setup(14)
     samples = bench.make_samples(cleans, 0, per_single=2, ext=tuple(CORRUPTIONS))
     items = [("clean", i, c) for i, c in enumerate(cleans)] + [(s.kind, s.image, s.degraded) for s in samples]
     rows = []

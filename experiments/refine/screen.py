@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from rar_core import bench, checkpoint, loop  # noqa: E402
+from experiments.gate.rounds import setup  # noqa: E402
+from rar_core import bench, loop  # noqa: E402
 from rar_core.bench import _to_array, _to_tensor, capped_psnr  # noqa: E402
 
 DIMMED = -0.15  # input level minus the clean crop's, below which a sample counts as dimmed
@@ -40,11 +41,7 @@ def line(name: str, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
-    model = checkpoint.load_rar(sys.argv[1]).eval()
-    entries = bench.eval_entries(Path("data"), int(sys.argv[2]) if len(sys.argv) > 2 else 28)
-    cleans = [bench.center_crop(f, 256) for f, _ in entries]
-    classes = [c for _, c in entries]
+    model, cleans, classes = setup(28)
     rows = [{"kind": s.kind, "cls": classes[s.image], **rounds(model, s.degraded, cleans[s.image])}
             for s in bench.make_samples(cleans, 0, per_single=2)]
     Path(sys.argv[3] if len(sys.argv) > 3 else "screen.json").write_text(json.dumps(rows))
