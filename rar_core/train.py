@@ -152,6 +152,7 @@ class Recipe:
 # restorer crop costs the same in a batch of 96 as in one of 16. The e2e stage draws crop sides up to
 # 256 px, the bench's size (the first among them, 96, sets the batch scale; the order fixes the
 # draws).
+_E2E = StageConfig(steps=2500, batch=6, crop=96, lr=1e-4, crops=(96, 64, 128, 192, 256))
 RECIPES = {
     "compact": Recipe(
         name="compact",
@@ -160,13 +161,12 @@ RECIPES = {
         uir=StageConfig(steps=1100, batch=96, crop=128, lr=4e-4),
         lqa=StageConfig(steps=1925, batch=128, crop=64, lr=5e-4, crops=(64, 128, 192, 256), clean_p=0.12),
         connector=StageConfig(steps=200, batch=96, crop=128, lr=2e-4, clean_p=0.05),
-        e2e=StageConfig(steps=2500, batch=6, crop=96, lr=1e-4, crops=(96, 64, 128, 192, 256)),
+        e2e=_E2E,
         decoder=StageConfig(steps=1000, batch=8, crop=96, lr=5e-4),
         # The e2e rounds again, shown bright exposures and flat graphics that the earlier stages
         # were trained without: later rounds stop drifting, first rounds gain more (BENCHMARKS.md,
         # experiment refine). Dark exposures here would teach it to leave low-light inputs dark.
-        refine=StageConfig(steps=1000, batch=6, crop=96, lr=1e-4, crops=(96, 64, 128, 192, 256),
-                           pool=PoolConfig(synthetic=12, synthetic_p=0.12, bright_p=0.2)),
+        refine=replace(_E2E, steps=1000, pool=PoolConfig(synthetic=12, synthetic_p=0.12, bright_p=0.2)),
         # The gate on the restorer's own rounds, shown bright and dark exposures and flat graphics
         # that the restorer's stages were trained without, and "Clean" taught where the first
         # round would not help (BENCHMARKS.md, experiments compact-verify-dark and

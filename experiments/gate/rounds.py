@@ -23,12 +23,17 @@ from rar_core.corrupt_ext import CORRUPTIONS  # noqa: E402
 KINDS = ("clean", "A", "B", "C", "single", "ext")
 
 
+@torch.no_grad()
+def fixed_rounds(model, x: np.ndarray) -> tuple:
+    """(x's latent z_0, D(z_0), the decoded images of fixed rounds 1-4)."""
+    z0 = model.encode(_to_tensor(x), torch.Generator().manual_seed(0))
+    return z0, _to_array(model.decode(z0)), [_to_array(model.decode(z)) for z in loop.trajectory(model, z0, 4)[1:]]
+
+
 def rounds(model, x: np.ndarray, clean: np.ndarray) -> dict:
     """PSNR of the input and of each fixed round, both decodings, and the adaptive loop's count."""
+    z0, d0, decoded = fixed_rounds(model, x)
     with torch.no_grad():
-        z0 = model.encode(_to_tensor(x), torch.Generator().manual_seed(0))
-        d0 = _to_array(model.decode(z0))
-        decoded = [_to_array(model.decode(z)) for z in loop.trajectory(model, z0, 4)[1:]]
         kept = loop.run(model, z0, 4, None, "adaptive").rounds[0]
     inp = capped_psnr(x, clean)
     return {"inp": inp, "k": kept, "std": [inp] + [capped_psnr(d, clean) for d in decoded],

@@ -12,21 +12,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from experiments.gate.rounds import setup  # noqa: E402
-from rar_core import bench, loop  # noqa: E402
-from rar_core.bench import _to_array, _to_tensor, capped_psnr  # noqa: E402
+from experiments.gate.rounds import fixed_rounds, setup  # noqa: E402
+from rar_core import bench  # noqa: E402
+from rar_core.bench import capped_psnr  # noqa: E402
 
 DIMMED = -0.15  # input level minus the clean crop's, below which a sample counts as dimmed
 
 
 def rounds(model, x: np.ndarray, clean: np.ndarray) -> dict:
     """PSNR and level shift (against the clean crop) of the input and of fixed rounds 1-4."""
-    with torch.no_grad():
-        z0 = model.encode(_to_tensor(x), torch.Generator().manual_seed(0))
-        decoded = [_to_array(model.decode(z)) for z in loop.trajectory(model, z0, 4)[1:]]
+    decoded = fixed_rounds(model, x)[2]
     return {"p": [capped_psnr(x, clean)] + [capped_psnr(d, clean) for d in decoded],
             "lvl": [float(y.mean() - clean.mean()) for y in [x, *decoded]]}
 
