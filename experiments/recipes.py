@@ -57,6 +57,12 @@ EXPERIMENTS = {
     # dark exposures; screened only).
     "compact-refine-dark": replace(COMPACT, name="compact-refine-dark", refine=replace(
         COMPACT.refine, pool=replace(COMPACT.refine.pool, dark_p=0.15))),
+    # `compact` with dark exposures in the refine pool (dark_p 0.15) that never get the low-light
+    # degradation, in the refine and the verify pools: a dark photo is kept dark under blur, noise
+    # or JPEG, and a dimmed one is still lifted (BENCHMARKS.md, experiment dark, not dimmed).
+    "compact-dark-not-dimmed": replace(COMPACT, name="compact-dark-not-dimmed", refine=replace(
+        COMPACT.refine, pool=replace(COMPACT.refine.pool, dark_p=0.15, dark_not_dimmed=True)), verify=replace(
+        COMPACT.verify, pool=replace(COMPACT.verify.pool, dark_not_dimmed=True))),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).

@@ -424,19 +424,20 @@ def random_single(image: np.ndarray, rng, severity: int | None = None,
 
 
 def random_composite(image: np.ndarray, rng, k: int | None = None,
-                     severities: Sequence[int] | None = None) -> Sample:
-    """k (2 or 3, random if None) distinct, physically compatible degradations in physical order."""
+                     severities: Sequence[int] | None = None, names: Sequence[str] = LABELS) -> Sample:
+    """k (2 or 3, random if None) distinct, physically compatible degradations of `names`, in
+    physical order."""
     rng = _rng(rng)
     k = int(rng.integers(2, 4)) if k is None else int(k)
-    if not 1 <= k <= len(LABELS):
-        raise ValueError(f"k must be in 1..{len(LABELS)}, got {k}")
+    if not 1 <= k <= len(names):
+        raise ValueError(f"k must be in 1..{len(names)}, got {k}")
     while True:
-        names = [str(n) for n in rng.choice(LABELS, size=k, replace=False)]
-        if not any(bad <= set(names) for bad in INCOMPATIBLE):
+        chosen = [str(n) for n in rng.choice(list(names), size=k, replace=False)]
+        if not any(bad <= set(chosen) for bad in INCOMPATIBLE):
             break
     sev = list(severities) if severities is not None else [
-        _severity(rng, COMPOSITE_P) for _ in names]
-    return degrade(image, names, sev, rng)
+        _severity(rng, COMPOSITE_P) for _ in chosen]
+    return degrade(image, chosen, sev, rng)
 
 
 def random_group(image: np.ndarray, rng, group: str | None = None,

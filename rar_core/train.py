@@ -65,6 +65,10 @@ class PoolConfig:
     synthetic_p: float = 0.0  # share of crops taken from them
     bright_p: float = 0.0  # share of photo crops lifted to a bright exposure (a clean bright target)
     dark_p: float = 0.0  # share of photo crops lowered to a dark, low-key exposure (a clean dark target)
+    # Dark exposures never get the low-light degradation: a dark photo is the target only of the
+    # other degradations, so dimmed inputs are still to be lifted (BENCHMARKS.md, experiment
+    # refine, dark exposures).
+    dark_not_dimmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,17 +216,21 @@ class PhotoPool:
                 self.images.append(np.asarray(im, dtype=np.float32) / 255.0)
 
     def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return self.draw(rng, size)[0]
+
+    def draw(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+        """A clean crop and its exposure: "bright", "dark" or "" (as taken, or a flat graphic)."""
         c = self.cfg
         if c.synthetic and rng.random() < c.synthetic_p:
-            return self._crop(rng, size, self.photos + int(rng.integers(len(self.images) - self.photos)))
+            return self._crop(rng, size, self.photos + int(rng.integers(len(self.images) - self.photos))), ""
         out = self._crop(rng, size, int(rng.integers(self.photos)))
         if c.bright_p or c.dark_p:
             u = rng.random()
             if u < c.bright_p:
-                out = brighten(out, rng)
-            elif u < c.bright_p + c.dark_p:
-                out = darken(out, rng)
-        return out
+                return brighten(out, rng), "bright"
+            if u < c.bright_p + c.dark_p:
+                return darken(out, rng), "dark"
+        return out, ""
 
     def _crop(self, rng: np.random.Generator, size: int, i: int) -> np.ndarray:
         img = self.images[i]
@@ -270,11 +278,14 @@ def primary(labels: list[str]) -> str:
 def degraded_sample(pool: PhotoPool, rng: np.random.Generator, size: int, composite_p: float, clean_p: float = 0.0):
     from . import degrade as D
 
-    clean = pool.crop(rng, size)
+    clean, exposure = pool.draw(rng, size)
     u = rng.random()
     if u < clean_p:
         return clean, clean, []
-    s = D.random_composite(clean, rng) if u < clean_p + composite_p else D.random_single(clean, rng)
+    names = D.LABELS
+    if exposure == "dark" and pool.cfg.dark_not_dimmed:
+        names = tuple(n for n in D.LABELS if n != "dark")
+    s = D.random_composite(clean, rng, names=names) if u < clean_p + composite_p else D.random_single(clean, rng, names=names)
     return clean, s.image, s.labels
 
 

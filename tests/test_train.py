@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from rar_core import degrade as D
 from rar_core import train as T
 from rar_core.checkpoint import build_model, load_rar, read_metadata, save_rar
 
@@ -371,6 +372,26 @@ def test_pool_mixes_dark_exposures_that_keep_their_highlights(data_dir):
     ratio = np.array([both.crop(np.random.default_rng(i), 32).mean() / plain.crop(np.random.default_rng(i), 32).mean()
                       for i in range(200)])
     assert 0.3 < (ratio > 1.05).mean() < 0.7 and 0.3 < (ratio < 0.95).mean() < 0.7
+
+
+def test_dark_exposures_not_dimmed_get_every_degradation_but_low_light(data_dir):
+    """With `dark_not_dimmed`, a dark exposure is degraded by anything but low light (a dark photo
+    is a target to keep, a dimmed one still one to lift); the other crops and, without the flag,
+    the dark exposures too draw every degradation."""
+    def labels(cfg):
+        pool, out = T.PhotoPool(data_dir, cfg=cfg), []
+        for i in range(300):
+            rng = np.random.default_rng(i)
+            exposure = pool.draw(np.random.default_rng(i), 32)[1]
+            out.append((exposure, T.degraded_sample(pool, rng, 32, composite_p=0.5)[2]))
+        return out
+
+    kept = labels(T.PoolConfig(dark_p=0.5, dark_not_dimmed=True))
+    dark = [ls for e, ls in kept if e == "dark"]
+    assert len(dark) > 100 and not any("dark" in ls for ls in dark)
+    assert {n for ls in dark for n in ls} == set(D.LABELS) - {"dark"}
+    assert any("dark" in ls for e, ls in kept if e == "")
+    assert any("dark" in ls for e, ls in labels(T.PoolConfig(dark_p=0.5)) if e == "dark")
 
 
 def test_a_stage_with_its_own_pool_draws_from_it(tmp_path, data_dir, monkeypatch):
