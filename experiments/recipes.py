@@ -63,6 +63,11 @@ EXPERIMENTS = {
     "compact-dark-not-dimmed": replace(COMPACT, name="compact-dark-not-dimmed", refine=replace(
         COMPACT.refine, pool=replace(COMPACT.refine.pool, dark_p=0.15, dark_not_dimmed=True)), verify=replace(
         COMPACT.verify, pool=replace(COMPACT.verify.pool, dark_not_dimmed=True))),
+    # `compact` with grey and channel-permuted photo crops in the refine and verify pools (10 % and
+    # 20 %): colours and grey content the registry photos lack (BENCHMARKS.md, experiment recolour).
+    "compact-recolour": replace(COMPACT, name="compact-recolour", refine=replace(
+        COMPACT.refine, pool=replace(COMPACT.refine.pool, grey_p=0.1, permute_p=0.2)), verify=replace(
+        COMPACT.verify, pool=replace(COMPACT.verify.pool, grey_p=0.1, permute_p=0.2))),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).

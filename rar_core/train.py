@@ -69,6 +69,11 @@ class PoolConfig:
     # other degradations, so dimmed inputs are still to be lifted (BENCHMARKS.md, experiment
     # refine, dark exposures).
     dark_not_dimmed: bool = False
+    # Colour variety the registry photos lack: a share of photo crops turned grey (scans, pages,
+    # stone: a sixth of the bench's images are near-grey, 2 of the 49 photos) and a share with
+    # their colour channels permuted (hues the photos do not have).
+    grey_p: float = 0.0
+    permute_p: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,8 @@ class PhotoPool:
         if c.synthetic and rng.random() < c.synthetic_p:
             return self._crop(rng, size, self.photos + int(rng.integers(len(self.images) - self.photos))), ""
         out = self._crop(rng, size, int(rng.integers(self.photos)))
+        if c.grey_p or c.permute_p:
+            out = recolour(out, rng, c.grey_p, c.permute_p)
         if c.bright_p or c.dark_p:
             u = rng.random()
             if u < c.bright_p:
@@ -250,6 +257,19 @@ class PhotoPool:
         if rng.random() < 0.5:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
+
+
+def recolour(x: np.ndarray, rng: np.random.Generator, grey_p: float, permute_p: float) -> np.ndarray:
+    """A photo crop turned grey (Rec. 601 luma in every channel) with probability grey_p, else
+    with its channels in a random non-identity order with probability permute_p."""
+    u = rng.random()
+    if u < grey_p:
+        y = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.ascontiguousarray(np.repeat(y[..., None], 3, axis=-1), dtype=np.float32)
+    if u < grey_p + permute_p:
+        order = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)][int(rng.integers(5))]
+        return np.ascontiguousarray(x[..., order])
+    return x
 
 
 def brighten(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -394,6 +394,24 @@ def test_dark_exposures_not_dimmed_get_every_degradation_but_low_light(data_dir)
     assert any("dark" in ls for e, ls in labels(T.PoolConfig(dark_p=0.5)) if e == "dark")
 
 
+def test_pool_recolours_photo_crops_grey_or_channel_permuted(data_dir):
+    """grey_p turns a share of photo crops grey, permute_p reorders the channels of another share
+    (same pixels, other hues); without them the pool draws exactly what it drew before."""
+    plain = T.PhotoPool(data_dir)
+    mixed = T.PhotoPool(data_dir, cfg=T.PoolConfig(grey_p=0.3, permute_p=0.4))
+    grey = permuted = 0
+    for seed in range(200):
+        src, out = plain.crop(np.random.default_rng(seed), 32), mixed.crop(np.random.default_rng(seed), 32)
+        assert out.shape == src.shape and out.dtype == np.float32
+        if np.allclose(out[..., 0], out[..., 1], atol=1e-6) and np.allclose(out[..., 1], out[..., 2], atol=1e-6):
+            grey += 1
+            assert np.allclose(out[..., 0], src @ np.array([0.299, 0.587, 0.114]), atol=1e-5)
+        elif not np.array_equal(out, src):
+            permuted += 1
+            assert np.array_equal(np.sort(out, axis=-1), np.sort(src, axis=-1))
+    assert 40 < grey < 80 and 55 < permuted < 105
+
+
 def test_a_stage_with_its_own_pool_draws_from_it(tmp_path, data_dir, monkeypatch):
     """`rar train --stage all` hands each stage the recipe's pool, and a stage that names its own
     (the gate's bright and flat content) that one."""
