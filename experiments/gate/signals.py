@@ -3,8 +3,9 @@ new round against the old one (the gate), or the "Clean" log-odds of the round b
 restored (the stop). On training crops, as scripts/calibrate_verify.py draws them (never the eval
 set), two seeds; prints per round the AUC of each signal at telling a round 0.5 dB better from
 one 0.5 dB worse, and the degraded crops' mean PSNR when the rounds after the first get their own
-clean margin (at most the calibrated one) and verify margin. BENCHMARKS.md, experiment "stop
-signals".
+clean margin (at most the calibrated one) and verify margin; and, for rounds 1-3, the AUC of how
+much more "Clean" the new round looks than the old. BENCHMARKS.md, experiments "stop signals" and
+"Clean rise".
 
     python experiments/gate/signals.py [--model M] [--data data] [--samples 144] [--seeds 0 5000]
 """
@@ -58,8 +59,13 @@ def main() -> None:
         for k in range(cl.shape[1]):
             gain = ps[:, k + 1] - ps[:, k]
             c = (np.abs(gain) >= C.GATE_DB) & deg
+            rise = ""  # how much more "Clean" the new round looks than the old (z_k's log-odds are recorded up to round 3)
+            if k + 1 < cl.shape[1]:
+                d = cl[c, k + 1] - cl[c, k]
+                rise = (f", Clean rise {auc(gain[c] > 0, d):.2f} (correlation with the comparison "
+                        f"{np.corrcoef(d, lo[c, k])[0, 1]:.2f}; sum {auc(gain[c] > 0, lo[c, k] + d):.2f})")
             print(f"  round {k + 1}: {c.sum()} rounds ({(gain[c] > 0).sum()} better); AUC comparison "
-                  f"{auc(gain[c] > 0, lo[c, k]):.2f}, not-Clean before it {auc(gain[c] > 0, -cl[c, k]):.2f}")
+                  f"{auc(gain[c] > 0, lo[c, k]):.2f}, not-Clean before it {auc(gain[c] > 0, -cl[c, k]):.2f}{rise}")
         R = lo.shape[1]
         rows = []
         for cl_later, v_later in itertools.product(np.arange(-3.0, c0 + 0.01, 0.5), C.MARGINS):
