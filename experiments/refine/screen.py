@@ -1,7 +1,8 @@
-"""A restorer's rounds without a gate: the gain of fixed rounds 1, 2 and 4 over the input, and of
-the best of them, on the bench's degraded samples (groups A/B/C and the singles), per group and
-content class, with the samples whose degradation dimmed them (low light: mean level at least
-0.15 below the clean crop's) apart from the rest. BENCHMARKS.md, experiment refine.
+"""A restorer's rounds without a gate: the gain of fixed rounds 1, 2 and 4 over the input, of the
+best of them, and of the better of the input and round 1 (what a perfect gate keeps), on the
+bench's degraded samples (groups A/B/C and the singles), per group and content class, with the
+samples whose degradation dimmed them (low light: mean level at least 0.15 below the clean
+crop's) apart from the rest. BENCHMARKS.md, experiments refine, dark not dimmed and recolour.
 
     python experiments/refine/screen.py MODEL [LIMIT=28] [OUT.json]
 
@@ -34,7 +35,8 @@ def line(name: str, rows: list[dict]) -> str:
     p = np.array([r["p"] for r in rows])
     g = p - p[:, :1]
     return (f"{name:9s} n={len(rows):3d} input {p[:, 0].mean():6.2f}  round 1 {g[:, 1].mean():+5.2f}  "
-            f"2 {g[:, 2].mean():+5.2f}  4 {g[:, 4].mean():+5.2f}  best {g.max(1).mean():+5.2f}")
+            f"2 {g[:, 2].mean():+5.2f}  4 {g[:, 4].mean():+5.2f}  best {g.max(1).mean():+5.2f}  "
+            f"input or round 1 {np.maximum(g[:, 1], 0).mean():+5.2f}")
 
 
 def main() -> None:
