@@ -68,6 +68,11 @@ EXPERIMENTS = {
     "compact-recolour": replace(COMPACT, name="compact-recolour", refine=replace(
         COMPACT.refine, pool=replace(COMPACT.refine.pool, grey_p=0.1, permute_p=0.2)), verify=replace(
         COMPACT.verify, pool=replace(COMPACT.verify.pool, grey_p=0.1, permute_p=0.2))),
+    # `compact` with the extra photos of scripts/fetch_data.py (people, texture, objects) in the
+    # refine and verify pools: 123 photos against 49 (BENCHMARKS.md, experiment more photos).
+    "compact-more-photos": replace(COMPACT, name="compact-more-photos", refine=replace(
+        COMPACT.refine, pool=replace(COMPACT.refine.pool, extra=True)), verify=replace(
+        COMPACT.verify, pool=replace(COMPACT.verify.pool, extra=True))),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).

@@ -74,6 +74,9 @@ class PoolConfig:
     # their colour channels permuted (hues the photos do not have).
     grey_p: float = 0.0
     permute_p: float = 0.0
+    # The photos of the manifest's extra split as well (scripts/fetch_data.py: people, texture,
+    # objects indoors; added after the built-in model's earlier stages were trained).
+    extra: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,15 +190,23 @@ RECIPES = {
 
 
 # ----- data ---------------------------------------------------------------------------------
-def train_files(data: Path) -> list[Path]:
-    """The photos of the train split of `data`/manifest.json, or a clear error."""
+def train_files(data: Path, extra: bool = False) -> list[Path]:
+    """The photos of the train split of `data`/manifest.json (and of the extra split), or a clear
+    error."""
     path = data / "manifest.json"
     if not path.is_file():
         raise SystemExit(f"{path} not found; run `python scripts/fetch_data.py --out {data}` "
                          "or list your own photos in it (docs/training.md)")
-    files = [data / i["file"] for i in json.loads(path.read_text())["images"] if i["split"] == "train"]
+    images = json.loads(path.read_text())["images"]
+    files = [data / i["file"] for i in images if i["split"] == "train"]
     if not files:
         raise SystemExit(f"no training images in {data}; run `python scripts/fetch_data.py --out {data}` first")
+    if extra:
+        more = [data / i["file"] for i in images if i["split"] == "extra"]
+        if not more:
+            raise SystemExit(f"this recipe trains on the extra photos too, and {path} lists none; "
+                             f"run `python scripts/fetch_data.py --out {data}` again to fetch them")
+        files += more
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise SystemExit(f"{len(missing)} training photo(s) listed in {path} are missing, e.g. {missing[0]}")
@@ -211,7 +222,7 @@ class PhotoPool:
 
         self.cfg = cfg
         self.images, self._pil = [], []
-        pictures = [Image.open(f) for f in train_files(data)]
+        pictures = [Image.open(f) for f in train_files(data, cfg.extra)]
         self.photos = len(pictures)
         for im in pictures + synthetic.pool(cfg.synthetic):
             with im:

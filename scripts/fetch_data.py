@@ -17,10 +17,14 @@ exact same pool on any machine with `apt-get` (Debian bookworm) and `pip`:
   refuses to write a train image that is a perceptual near-duplicate of an eval image.
   Reserved sources (RESERVED: lomiri-wallpapers, pyiqa's non-Kodak images, scipy's and
   matplotlib's samples, imgaug's quokka) are refused everywhere.
+* extra: more training photos (kphotoalbum's people and places, tuxpaint-data's texture
+  close-ups, plasma-workspace-data's object photos, lxqt-themes' photographs), added after the
+  built-in model's earlier stages were trained on `train`; only pools that ask for them
+  (train.PoolConfig.extra) draw them, so the recipes of earlier models still repeat.
 * real:  a few real-blur photos without ground truth, for qualitative checks only.
 
 Every archive (.deb / .whl) and every extracted image is checked against a pinned sha256; a
-rerun skips what is already present and verified.  Output: ``<out>/{train,eval,real}/<source>/``
+rerun skips what is already present and verified.  Output: ``<out>/{train,extra,eval,real}/<source>/``
 and ``<out>/manifest.json``.  Only the standard library, numpy and Pillow are used.
 
 Usage:  python scripts/fetch_data.py [--out data] [--keep-archives] [--verify-only]
@@ -55,6 +59,11 @@ NEAR_DUP_BITS = 40
 
 class FetchError(RuntimeError):
     """A fetch step failed; the message says what to do about it."""
+
+
+# Splits a model may train on: "train" feeds every pool; "extra", photos added after the built-in
+# model's earlier stages were trained, feeds the pools that ask for it (train.PoolConfig.extra).
+TRAIN_SPLITS = ("train", "extra")
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,112 @@ SOURCES: tuple[Source, ...] = (
         licence="Apache-2.0 AND BSD-3-Clause",
     ),
     Source(
+        # People, bars, beaches, snow, pets: the photos a user brings that no other source has.
+        "kphotoalbum", "deb", "kphotoalbum", "5.9.1-1",
+        "00f8b26b5db1beb30a822d15f464b3c68ffa556d267870aa98a59aaaaf81ec43",
+        _items("./usr/share/kphotoalbum/demo/", {
+            "anne_helene.jpg": "75dea938bf86530e95c6b74dbcc7fb447947fd17d523121634e08f03e0e7304f",
+            "bar55.jpg": "dd57f8a93ea84b46d817d3b10d496360b81588da9ea887887d057803cc39c52d",
+            "bar55_2.jpg": "e2a3ebc63306abf0a3ae898edd69fbc0a5cef16f28450ceb1d32c67c6f7b662a",
+            "blackie.jpg": "5a72fc60a65448e02e8022820ed5bc15d3e9ce4c92d55d51a7d760357cf704e7",
+            "cold_water.jpg": "1c92d774263012891803360080a03999ffdb4fb643f320d9c106b5a3cbb21306",
+            "donna.jpg": "c98f91990752bb6dff72bd8bb2820dc28317051c0e60ddf11822a39f076c31da",
+            "donna_2.jpg": "b476b81f11db406767598266f81cb8623204c8207f297e4abcf2055366794b5f",
+            "grand_canyon_1.jpg": "5d60136f1143918c30d5ddf8892216fc401ea126ed01afe1d8b9374cfae43669",
+            "grand_canyon_2.jpg": "7814adbefb9665f506acf5123981c83bb5b22dde12b10ef57083d328a86cbdb6",
+            "grand_canyon_3.jpg": "923ba3a8d16993388f19686d333d70988f7baf4885865af1729f80bbbd02ffe7",
+            "jesper.jpg": "5b3b5a6cdf040c238c137fd50d3f4e3aa3f6877b6f031c93ad9b06c45225b7e6",
+            "jesper_2.jpg": "e7c5112cad4076c0b16f7a822b0bf559859ad84077705442769afb91c81bcb1b",
+            "new_wave_1.jpg": "dd422c963594e0441ab66c600a322a0b7259dc4b9db535c9a30010b66ce14200",
+            "new_wave_2.jpg": "a262d1ec436c0f41495963cbaaf69cb618da0b56a27fa03c0c1e3206e841a261",
+            "pool.jpg": "c6b1c79236388d3a7608ce1b8702a613f3d62105e36dfebc1fce4efe16e42560",
+            "pool_2.jpg": "82f0e4ec1906a55bd25050bbbc91f4af9607c10d38535cc3dbd55522a00a132f",
+            "qt-logo.jpg": "12f4d580dff54dab5a4b0c81f4f208cdb1d134782c7b23d2f8c8bab09a80d458",
+            "skagen.jpg": "d7c724e47d68b9f9483b14a9a21235c2ba6c9b3bffd1be49a344391e4c189760",
+            "skagen_2.jpg": "17ca43c9fb3b60ad27c63e3a418bff2090999e96bd7a9c7f2c46fb58de899a72",
+            "snow.jpg": "7106574608681e7e3387bdc299663cbce521099e9fbff611decf227ee19e7780",
+            "spiff.jpg": "4d222fe255566ab7249db968d28aeed2c1ef5508ea79da870d7a5c5cfa290f78",
+            "spiff_2.jpg": "9bbab84f204329e1def8c39dda58706aaccb4a913ced00c2593b299a971d2a53",
+            "sunset.jpg": "da4a44a03272bbaabc9aa384137f2531fe2a7c0075bc761be001c7b4d2eeb4ee",
+            "wayne.jpg": "1e5e3880f65a857181ec98b9fb686e1ebfd03fc6808f002d83aefe758eacece1",
+        }, split="extra"),
+        licence="GPL-2+ (per debian/copyright)",
+    ),
+    Source(
+        # Close-ups of bark, moss, rock and foliage: dense texture.
+        "tuxpaint", "deb", "tuxpaint-data", "1:0.9.28-sdl2-1",
+        "f5d0de8f9a70d2efc1241d19f26168cb8bf279f1b77abd3631e7a1a55c40e5e5",
+        _items("./usr/share/tuxpaint/templates/", {
+            "burnt_bark.jpg": "14f3d6ad3fa5dd2cc0a2a996ed95d09e07f858269a0c90564d8f6f09d679f3b8",
+            "cliff.jpg": "ff8da5b7a4eb5f5558a9768764871330ba245dc54ff55d5766129f47a45e7392",
+            "corn_maze.jpg": "e3c5dfd777c38fbf79126795ba1165fee41e62402436196363a5e2d938a2d3be",
+            "jellyfish.jpg": "340228d44027370689e43fe44e3a01a3793d79224a7fd20b3d52f824a65f787d",
+            "lighthouse.jpg": "bf92c1139da97690208a3948c9d1051649deb44bb51baa288820f5c64f9e6365",
+            "mossy_bark.jpg": "153b9d8eb33c6f0f6c4a8014039606ccbf1a89677209877de64ab3645324edbb",
+            "mossy_log.jpg": "02ba4842fcf5f48f000d8325da89d85bedd8edc0d8cf551603dfdcfca12064e2",
+            "mudstone.jpg": "ce1d13d3b66155bea3bc28db56694ade9ed27bd8814814672a0d58cd1b0d93f5",
+            "ocean_splash.jpg": "a6c1697ed8dc06c72136041363b0808f5092625a466e8f9c5f7752375a398404",
+            "ocean_waves.jpg": "b99c24c7148cb2935c7a9cfde12b81f368f8162e32349e554a8cb2dd44c5624e",
+            "redwoods_above.jpg": "cda5f9d27e979e01e22bc16fce24e00b175f4cbfa99e12aa414f308c9aa00745",
+            "rocks.jpg": "f3ddf517f26bc77a3f6a98010fc0bfa0ccac431869388755e0032a4f7bb6d748",
+            "sheep.jpg": "cb408f8b3fc324798d012f71595a148f9fa360c17d1bde91371bd7c01e9cf881",
+            "spiders_web.jpg": "a105461c86ff3c61aa46a6bc75747da570cd836d5c5a465b8faefb564f55ed30",
+            "sun_behind_clouds.jpg": "a76583449fb6cf58ca3fd88deac57932f5e0623df8f6ca733258a2ceab3abf91",
+            "sun_behind_leaves.jpg": "a6373334dc5af701d9e5f0efa0e1e4671202897a8e49db4b97d7e826b4590ff8",
+            "trees_above.jpg": "d75bcb1c0c9cd3f9d9568b09f008e469c1e07ecc0fb84fe2aa858717228310c1",
+            "trees_at_dusk.jpg": "9499116f8e8f494bd776b12b9cb4782a118662801ddff98c4127c866cf255720",
+            "wool_mill_machine.jpg": "e66d36c482d32cc5bfd001923e584cf6398ef95039d92e9d2e65f64c33274a18",
+        }, split="extra"),
+        licence="GPL-2+ (per debian/copyright)",
+    ),
+    Source(
+        # Lossless 512 px photos of objects, food and animals, indoors and out.
+        "avatars", "deb", "plasma-workspace-data", "4:5.27.5-2+deb12u2",
+        "057cda470bd0baf616b3e873bcaf993018d96c8ad30b09535c487f88554e6ea2",
+        _items("./usr/share/plasma/avatars/photos/", {
+            "Air Balloon.png": "7f7fa070a74066b7702dbd4bff0fb66d733cda60abefbc2bf6c7dc74614af05c",
+            "Astronaut.png": "2684f214319779d4112fc8973722f47d61b7aaf5a33820a1c7e0a6945e3a158a",
+            "Books.png": "521fb2edf667de1ffb8abc771b3b7b2b53b82b0927fa10a01295400dbd9e8f0d",
+            "Brushes.png": "ccefd51a25a2e05eb2def5964ce576a3a2b467ba857faaac7a01b08892669f9d",
+            "Bulb.png": "131656bca6d456e1bb8a2bd6fa814c1f58c0deac3c3f7a15b834c15f9b2f205d",
+            "Car.png": "6092913504d4b51c540bb00082775e2d667c08090e1c15639d2395914cbc8905",
+            "Cat.png": "77b346036fa387c9e9fcb6a38b359fc8a675662f64363ebc5b4b4ab1283cec8a",
+            "Chameleon.png": "619e1672599486f9a333ca78877229093f7448b1ea247683df029a6207893f28",
+            "Cocktail.png": "08c60a9b2deef1cb57000ec2d54e437f43067f5b593fe7d3b9eeb7016c0f6058",
+            "Dog.png": "ff0d1599c4021be70d751ed3b3d0937618be6f898b1e84849e0b14f6c33762f4",
+            "Fish.png": "096631b6dce557445d2683059c5b328b36e70c866ed9b318aea790ab282612b9",
+            "Gamepad.png": "45ec0d319176f433cdebf1fb97f0eec0c74bf8fc0fc38790cde39eef0e67eb27",
+            "Owl.png": "3dd131f7b44479fd934abc1098a0e779663c392382f176bb1aa49022fde4c3f3",
+            "Pancakes.png": "eacbed2084e0017a65beedd969f3da26c932d8bf1ed13cc0a03fa720f1f526ee",
+            "Parrot.png": "dab45ab561fe50bfb2711b71970b1ab52a6c3a0297f51a1be16af752beda1fdf",
+            "Pencils.png": "abfaf6141e6677e404fe2600375c18864837a19b56899746a6d1a0a96d95ce89",
+            "Shuttle.png": "faec89b07a09ac0785c972554eaa5a6f877af6221697327bf19db32d3ed99fca",
+            "Soccer.png": "735540e11340a968f36d3b700215b2cd3273b4f2b127f4b55872d3c0337a827f",
+            "Sunflower.png": "9892108b138a3c623ab4cb81175b8e82de9103a93ae7e79a119ff9b965c36640",
+            "Sushi.png": "b528c3376f69b53452f29bb0e7dcd8fc9fa2e302f9ddb8cb0e4183d6f6e04ae6",
+        }, split="extra"),
+        licence="CC0-1.0 (per the .license file beside each photo)",
+    ),
+    Source(
+        # The photographs among the wallpapers: macro flowers, sky, fog.
+        "lxqt", "deb", "lxqt-themes", "1.2.0-1",
+        "d518df36b515b09d36cb00b12645dd8ce170bb82bb0966297741905ce3edc8e1",
+        _items("./usr/share/lxqt/wallpapers/", {
+            "Butterfly-Kenneth-Wimer.jpg": "c237c26f6f0b18db3afa62a0eff13cb8208b79a1ef35aaadcb745d8f9faef146",
+            "Valendas.png": "f2d275c51d116942cea8e7d80d30c7d3c130349a0695caf2aa235f926ae15759",
+            "after-the-rain.jpg": "e6cb8b3e09b904cc493ff17fddcd564d4e46a1761d05adf972c285a1fd878234",
+            "appleflower.png": "bae8a8eb8274b29509f1cbbfe250081331c5704a1fea25d5052166a0451e67f3",
+            "beam.png": "3d199194b048cb793c0ad558337cda3e16f14cd054168d1d813620e24a0a5659",
+            "butterfly.png": "13175434d99075e075de7321942e66169e3c99ac9416024dcf4123bd3b38749c",
+            "cloud.png": "522dbf79dfaff751cf8ef2f337c9d196a231fa096bc38806a76ce048b8c7b5a2",
+            "drop.png": "3b726aea9a6f8af36431c6f1974f982f7f4c5a4443499500bda31be27e4ffde8",
+            "flowers.png": "3a935d8be4d6c9784f9079ff2814acd2de2c8406e9fe584be03e90264f37c371",
+            "fog.jpg": "a8235344ee6b5ab1b6de3ccef731bcc0e6509cf33ce832db87eae1eb75987083",
+            "this-is-not-windows.jpg": "2d885e0438c0ab244f818d33d8f745a1cc486558462faf9bf3948675c68ac227",
+        }, split="extra"),
+        licence="LGPL-2.1+ (per debian/copyright)",
+    ),
+    Source(
         "kodak", "wheel", "pyiqa", "0.1.16",
         "42bbcf1c274a8b53f040a3ec5ec304a15b7725afb5a85b81050e9cc7e6d09ed4",
         _items("ResultsCalibra/ref_dir/", {
@@ -469,7 +584,7 @@ def check_sources(sources=None) -> None:
     counts: dict[str, int] = {}
     eval_pkgs = {s.package for s in sources if any(it.split == "eval" for it in s.items)}
     for src in sources:
-        if src.package in eval_pkgs and any(it.split == "train" for it in src.items):
+        if src.package in eval_pkgs and any(it.split in TRAIN_SPLITS for it in src.items):
             raise FetchError(f"{src.package} feeds the eval set, so it may not feed train too; take "
                              f"training images from another package")
         for it in src.items:

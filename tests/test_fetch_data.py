@@ -29,7 +29,7 @@ def test_pins_are_complete_and_disjoint():
             assert src.wheel_file == f"{src.package}-{src.version}.tar.gz"
         for it in src.items:
             assert len(it.sha256) == 64 and int(it.sha256, 16) >= 0
-            assert it.split in ("train", "eval", "real")
+            assert it.split in ("train", "extra", "eval", "real")
             rel = fd.rel_path(src, it)
             assert rel not in seen
             seen.add(rel)
@@ -37,11 +37,11 @@ def test_pins_are_complete_and_disjoint():
     assert splits
     # No package feeds both eval and train: eval images are never trained on.
     eval_pkgs = {src.package for src in fd.SOURCES if any(it.split == "eval" for it in src.items)}
-    train_pkgs = {src.package for src in fd.SOURCES if any(it.split == "train" for it in src.items)}
+    train_pkgs = {src.package for src in fd.SOURCES if any(it.split in fd.TRAIN_SPLITS for it in src.items)}
     assert eval_pkgs and train_pkgs and not eval_pkgs & train_pkgs
     counts = {s: sum(it.split == s for src in fd.SOURCES for it in src.items)
-              for s in ("train", "eval", "real")}
-    assert counts["train"] >= 40 and counts["eval"] >= fd.MIN_EVAL == 60
+              for s in ("train", "extra", "eval", "real")}
+    assert counts["train"] >= 40 and counts["extra"] >= 70 and counts["eval"] >= fd.MIN_EVAL == 60
     fd.check_sources()  # the pinned set passes its own checks
 
 
@@ -99,9 +99,10 @@ def test_check_sources_refuses_small_or_unlabelled_sets():
         fd.check_sources((_src("some-pkg", "a.png", "eval", ""),))
     with pytest.raises(fd.FetchError, match="too small"):
         fd.check_sources((_src("some-pkg", "a.png", "eval", "midtone"),))
-    both = (_src("p", "a.png", "eval"), _src("p", "b.png", "train", ""))
-    with pytest.raises(fd.FetchError, match="may not feed train"):
-        fd.check_sources(both)
+    for split in fd.TRAIN_SPLITS:
+        both = (_src("p", "a.png", "eval"), _src("p", "b.png", split, ""))
+        with pytest.raises(fd.FetchError, match="may not feed train"):
+            fd.check_sources(both)
 
 
 def test_render_text_is_deterministic_and_pinned(tmp_path):

@@ -374,6 +374,25 @@ def test_pool_mixes_dark_exposures_that_keep_their_highlights(data_dir):
     assert 0.3 < (ratio > 1.05).mean() < 0.7 and 0.3 < (ratio < 0.95).mean() < 0.7
 
 
+def test_pool_takes_the_extra_photos_only_when_asked(data_dir, tmp_path):
+    """The manifest's extra split feeds the pools with `extra` set and no other; a recipe that asks
+    for it on data fetched before it existed gets a one-line error that says to fetch again."""
+    with pytest.raises(SystemExit, match="fetch_data.py"):
+        T.PhotoPool(data_dir, cfg=T.PoolConfig(extra=True))
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    (root / "extra").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(root / "extra" / "more.png")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["images"].append({"file": "extra/more.png", "split": "extra"})
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    plain, more = T.PhotoPool(root), T.PhotoPool(root, cfg=T.PoolConfig(extra=True))
+    assert plain.photos == 3 and more.photos == 4
+    assert any(np.allclose(im, 200 / 255) for im in more.images) and not any(np.allclose(im, 200 / 255) for im in plain.images)
+
+
 def test_dark_exposures_not_dimmed_get_every_degradation_but_low_light(data_dir):
     """With `dark_not_dimmed`, a dark exposure is degraded by anything but low light (a dark photo
     is a target to keep, a dimmed one still one to lift); the other crops and, without the flag,
