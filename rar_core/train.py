@@ -67,7 +67,7 @@ class PoolConfig:
     dark_p: float = 0.0  # share of photo crops lowered to a dark, low-key exposure (a clean dark target)
     # Dark exposures never get the low-light degradation: a dark photo is the target only of the
     # other degradations, so dimmed inputs are still to be lifted (BENCHMARKS.md, experiment
-    # refine, dark exposures).
+    # dark, not dimmed).
     dark_not_dimmed: bool = False
     # Colour variety the registry photos lack: a share of photo crops turned grey (scans, pages,
     # stone: a sixth of the bench's images are near-grey, 2 of the 49 photos) and a share with

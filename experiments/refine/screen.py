@@ -2,7 +2,7 @@
 best of them, and of the better of the input and round 1 (what a perfect gate keeps), on the
 bench's degraded samples (groups A/B/C and the singles), per group and content class, with the
 samples whose degradation dimmed them (low light: mean level at least 0.15 below the clean
-crop's) apart from the rest. BENCHMARKS.md, experiments refine, dark not dimmed and recolour.
+crop's) apart from the rest. BENCHMARKS.md, experiments refine to more photos.
 
     python experiments/refine/screen.py MODEL [LIMIT=28] [OUT.json]
 
