@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
@@ -379,8 +380,6 @@ def test_pool_takes_the_extra_photos_only_when_asked(data_dir, tmp_path):
     for it on data fetched before it existed gets a one-line error that says to fetch again."""
     with pytest.raises(SystemExit, match="fetch_data.py"):
         T.PhotoPool(data_dir, cfg=T.PoolConfig(extra=True))
-    import shutil
-
     root = tmp_path / "data"
     shutil.copytree(data_dir, root)
     (root / "extra").mkdir()
@@ -415,7 +414,7 @@ def test_dark_exposures_not_dimmed_get_every_degradation_but_low_light(data_dir)
 
 def test_pool_recolours_photo_crops_grey_or_channel_permuted(data_dir):
     """grey_p turns a share of photo crops grey, permute_p reorders the channels of another share
-    (same pixels, other hues); without them the pool draws exactly what it drew before."""
+    (same pixels, other hues), of the very crop the plain pool draws with the same seed."""
     plain = T.PhotoPool(data_dir)
     mixed = T.PhotoPool(data_dir, cfg=T.PoolConfig(grey_p=0.3, permute_p=0.4))
     grey = permuted = 0
