@@ -17,6 +17,15 @@ from rar_core.train import RECIPES, PoolConfig, Recipe, StageConfig  # noqa: E40
 
 COMPACT = RECIPES["compact"]
 
+
+def _pools(name: str, refine_only: dict | None = None, **both) -> Recipe:
+    """`compact` with `both` set in its refine and verify pools (and `refine_only` in the refine
+    pool alone): the experiments on what the restorer and the gate are shown after the six stages."""
+    return replace(COMPACT, name=name,
+                   refine=replace(COMPACT.refine, pool=replace(COMPACT.refine.pool, **(refine_only or {}), **both)),
+                   verify=replace(COMPACT.verify, pool=replace(COMPACT.verify.pool, **both)))
+
+
 EXPERIMENTS = {
     # The GPU stages of the model shipped before `compact` (commit 2cb633f): one H100, each stage
     # in a time budget (8.3 min in all, 14 loader processes); these are the step counts that ran.
@@ -60,19 +69,13 @@ EXPERIMENTS = {
     # `compact` with dark exposures in the refine pool (dark_p 0.15) that never get the low-light
     # degradation, in the refine and the verify pools: a dark photo is kept dark under blur, noise
     # or JPEG, and a dimmed one is still lifted (BENCHMARKS.md, experiment dark, not dimmed).
-    "compact-dark-not-dimmed": replace(COMPACT, name="compact-dark-not-dimmed", refine=replace(
-        COMPACT.refine, pool=replace(COMPACT.refine.pool, dark_p=0.15, dark_not_dimmed=True)), verify=replace(
-        COMPACT.verify, pool=replace(COMPACT.verify.pool, dark_not_dimmed=True))),
+    "compact-dark-not-dimmed": _pools("compact-dark-not-dimmed", {"dark_p": 0.15}, dark_not_dimmed=True),
     # `compact` with grey and channel-permuted photo crops in the refine and verify pools (10 % and
     # 20 %): colours and grey content the registry photos lack (BENCHMARKS.md, experiment recolour).
-    "compact-recolour": replace(COMPACT, name="compact-recolour", refine=replace(
-        COMPACT.refine, pool=replace(COMPACT.refine.pool, grey_p=0.1, permute_p=0.2)), verify=replace(
-        COMPACT.verify, pool=replace(COMPACT.verify.pool, grey_p=0.1, permute_p=0.2))),
+    "compact-recolour": _pools("compact-recolour", grey_p=0.1, permute_p=0.2),
     # `compact` with the extra photos of scripts/fetch_data.py (people, texture, objects) in the
     # refine and verify pools: 123 photos against 49 (BENCHMARKS.md, experiment more photos).
-    "compact-more-photos": replace(COMPACT, name="compact-more-photos", refine=replace(
-        COMPACT.refine, pool=replace(COMPACT.refine.pool, extra=True)), verify=replace(
-        COMPACT.verify, pool=replace(COMPACT.verify.pool, extra=True))),
+    "compact-more-photos": _pools("compact-more-photos", extra=True),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).
