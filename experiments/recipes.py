@@ -76,11 +76,12 @@ EXPERIMENTS = {
     # `compact` with the extra photos of scripts/fetch_data.py (people, texture, objects) in the
     # refine and verify pools: 123 photos against 49 (BENCHMARKS.md, experiment more photos).
     "compact-more-photos": _pools("compact-more-photos", extra=True),
-    # `compact-more-photos` with the extra photos in every stage's pool, the codec's to the
+    # `compact` with the extra photos and the wide split's screenshots, night photos and people
+    # (scripts/fetch_data.py; 190 images against 49) in every stage's pool, the codec's to the
     # verify's: the restorer's gains on blur, JPEG and low resolution do not carry to content its
     # 49 photos lack, and a refine stage alone trades them against the dimmed inputs' gain
     # (BENCHMARKS.md, the summary of the experiments).
-    "compact-wide": replace(_pools("compact-wide", extra=True), pool=replace(COMPACT.pool, extra=True)),
+    "compact-wide": replace(_pools("compact-wide", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True)),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).

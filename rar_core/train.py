@@ -77,6 +77,8 @@ class PoolConfig:
     # The photos of the manifest's extra split as well (scripts/fetch_data.py: people, texture,
     # objects indoors; added after the built-in model's earlier stages were trained).
     extra: bool = False
+    # The images of its wide split as well: screenshots with text, night photos, people on stage.
+    wide: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,9 @@ RECIPES = {
 
 
 # ----- data ---------------------------------------------------------------------------------
-def train_files(data: Path, extra: bool = False) -> list[Path]:
-    """The photos of the train split of `data`/manifest.json (and of the extra split), or a clear
-    error."""
+def train_files(data: Path, extra: bool = False, wide: bool = False) -> list[Path]:
+    """The photos of the train split of `data`/manifest.json (and of the extra and wide splits),
+    or a clear error."""
     path = data / "manifest.json"
     if not path.is_file():
         raise SystemExit(f"{path} not found; run `python scripts/fetch_data.py --out {data}` "
@@ -201,10 +203,10 @@ def train_files(data: Path, extra: bool = False) -> list[Path]:
     files = [data / i["file"] for i in images if i["split"] == "train"]
     if not files:
         raise SystemExit(f"no training images in {data}; run `python scripts/fetch_data.py --out {data}` first")
-    if extra:
-        more = [data / i["file"] for i in images if i["split"] == "extra"]
+    for split in [s for s, asked in (("extra", extra), ("wide", wide)) if asked]:
+        more = [data / i["file"] for i in images if i["split"] == split]
         if not more:
-            raise SystemExit(f"this recipe trains on the extra photos too, and {path} lists none; "
+            raise SystemExit(f"this recipe trains on the {split} images too, and {path} lists none; "
                              f"run `python scripts/fetch_data.py --out {data}` again to fetch them")
         files += more
     missing = [f for f in files if not f.is_file()]
@@ -222,7 +224,7 @@ class PhotoPool:
 
         self.cfg = cfg
         self.images, self._pil = [], []
-        pictures = [Image.open(f) for f in train_files(data, cfg.extra)]
+        pictures = [Image.open(f) for f in train_files(data, cfg.extra, cfg.wide)]
         self.photos = len(pictures)
         for im in pictures + synthetic.pool(cfg.synthetic):
             with im:

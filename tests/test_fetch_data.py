@@ -2,9 +2,11 @@
 import importlib.util
 import io
 import json
+import struct
 import sys
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ _spec.loader.exec_module(fd)
 def test_pins_are_complete_and_disjoint():
     seen = set()
     for src in fd.SOURCES:
-        assert src.kind in ("deb", "wheel", "sdist", "render") and len(src.archive_sha256) == 64
+        assert src.kind in ("deb", "deb-rcc", "wheel", "sdist", "render") and len(src.archive_sha256) == 64
         assert int(src.archive_sha256, 16) >= 0 and src.version and src.package and src.licence
         if src.kind == "wheel":
             assert src.wheel_file.endswith(".whl") and src.version in src.wheel_file
@@ -29,7 +31,8 @@ def test_pins_are_complete_and_disjoint():
             assert src.wheel_file == f"{src.package}-{src.version}.tar.gz"
         for it in src.items:
             assert len(it.sha256) == 64 and int(it.sha256, 16) >= 0
-            assert it.split in ("train", "extra", "eval", "real")
+            assert it.split in ("train", "extra", "wide", "eval", "real")
+            assert (fd.RCC_SEP in it.member) == (src.kind == "deb-rcc")
             rel = fd.rel_path(src, it)
             assert rel not in seen
             seen.add(rel)
@@ -40,8 +43,8 @@ def test_pins_are_complete_and_disjoint():
     train_pkgs = {src.package for src in fd.SOURCES if any(it.split in fd.TRAIN_SPLITS for it in src.items)}
     assert eval_pkgs and train_pkgs and not eval_pkgs & train_pkgs
     counts = {s: sum(it.split == s for src in fd.SOURCES for it in src.items)
-              for s in ("train", "extra", "eval", "real")}
-    assert counts["train"] >= 40 and counts["extra"] >= 70 and counts["eval"] >= fd.MIN_EVAL == 60
+              for s in ("train", "extra", "wide", "eval", "real")}
+    assert counts["train"] >= 40 and counts["extra"] >= 70 and counts["wide"] >= 60 and counts["eval"] >= fd.MIN_EVAL == 60
     fd.check_sources()  # the pinned set passes its own checks
 
 
@@ -141,6 +144,39 @@ def test_extract_sdist(tmp_path):
     assert (tmp_path / "o" / "a.jpg").read_bytes() == b"JPG"
     with pytest.raises(fd.FetchError, match="lacks"):
         fd.extract_sdist(arc, {"pkg-1.0/none.jpg": tmp_path / "o" / "n.jpg"})
+
+
+def _rcc(version: int, files: dict[str, tuple[int, bytes]]) -> bytes:
+    """A Qt resource file (format `version`) with `files` (name -> (flags, stored bytes)) in one
+    directory "res", laid out as Qt's rcc tool writes it."""
+    names, data, nodes = b"", b"", []
+
+    def name(text: str) -> int:
+        nonlocal names
+        off = len(names)
+        names += struct.pack(">HI", len(text), 0) + text.encode("utf-16-be")
+        return off
+
+    mtime = b"" if version == 1 else bytes(8)
+    nodes.append(struct.pack(">IHII", 0, 2, 1, 1) + mtime)  # the root: one child, node 1
+    nodes.append(struct.pack(">IHII", name("res"), 2, len(files), 2) + mtime)
+    for n, (flags, stored) in files.items():
+        nodes.append(struct.pack(">IHHHI", name(n), flags, 0, 0, len(data)) + mtime)
+        data += struct.pack(">I", len(stored)) + stored
+    head = 20 if version < 3 else 24
+    tree = b"".join(nodes)
+    header = struct.pack(">4sIIII", b"qres", version, head, head + len(tree), head + len(tree) + len(data))
+    return header + bytes(head - 20) + tree + data + names
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_read_rcc_finds_stored_and_zlib_resources(version):
+    text = b"resource " * 20
+    buf = _rcc(version, {"a.webp": (0, b"RIFF-webp"), "b.txt": (1, struct.pack(">I", len(text)) + zlib.compress(text)),
+                         "c.bin": (4, b"zstd-frame")})
+    assert fd.read_rcc(buf) == {"/res/a.webp": b"RIFF-webp", "/res/b.txt": text, "/res/c.bin": None}
+    with pytest.raises(fd.FetchError, match="Qt resource"):
+        fd.read_rcc(b"PK\x03\x04" + buf[4:])
 
 
 def test_sha_check_failure_is_clear(tmp_path):

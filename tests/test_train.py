@@ -375,21 +375,28 @@ def test_pool_mixes_dark_exposures_that_keep_their_highlights(data_dir):
     assert 0.3 < (ratio > 1.05).mean() < 0.7 and 0.3 < (ratio < 0.95).mean() < 0.7
 
 
-def test_pool_takes_the_extra_photos_only_when_asked(data_dir, tmp_path):
-    """The manifest's extra split feeds the pools with `extra` set and no other; a recipe that asks
-    for it on data fetched before it existed gets a one-line error that says to fetch again."""
-    with pytest.raises(SystemExit, match="fetch_data.py"):
-        T.PhotoPool(data_dir, cfg=T.PoolConfig(extra=True))
+def test_pool_takes_the_extra_and_wide_images_only_when_asked(data_dir, tmp_path):
+    """The manifest's extra and wide splits feed the pools with `extra` / `wide` set and no other; a
+    recipe that asks for one on data fetched before it existed gets a one-line error that says to
+    fetch again."""
+    for cfg in (T.PoolConfig(extra=True), T.PoolConfig(wide=True)):
+        with pytest.raises(SystemExit, match="fetch_data.py"):
+            T.PhotoPool(data_dir, cfg=cfg)
     root = tmp_path / "data"
     shutil.copytree(data_dir, root)
-    (root / "extra").mkdir()
-    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(root / "extra" / "more.png")
     manifest = json.loads((root / "manifest.json").read_text())
-    manifest["images"].append({"file": "extra/more.png", "split": "extra"})
+    for split, level in (("extra", 200), ("wide", 30)):
+        (root / split).mkdir()
+        Image.fromarray(np.full((64, 64, 3), level, np.uint8)).save(root / split / "more.png")
+        manifest["images"].append({"file": f"{split}/more.png", "split": split})
     (root / "manifest.json").write_text(json.dumps(manifest))
-    plain, more = T.PhotoPool(root), T.PhotoPool(root, cfg=T.PoolConfig(extra=True))
-    assert plain.photos == 3 and more.photos == 4
-    assert any(np.allclose(im, 200 / 255) for im in more.images) and not any(np.allclose(im, 200 / 255) for im in plain.images)
+    asks = {(): T.PoolConfig(), ("extra",): T.PoolConfig(extra=True), ("wide",): T.PoolConfig(wide=True),
+            ("extra", "wide"): T.PoolConfig(extra=True, wide=True)}
+    for key, cfg in asks.items():
+        pool = T.PhotoPool(root, cfg=cfg)
+        assert pool.photos == 3 + len(key)
+        for split, level in (("extra", 200), ("wide", 30)):
+            assert any(np.allclose(im, level / 255) for im in pool.images) == (split in key)
 
 
 def test_dark_exposures_not_dimmed_get_every_degradation_but_low_light(data_dir):
