@@ -1166,7 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="data folder (git-ignored)")
     ap.add_argument("--drop-archives", action="store_true",
-                    help="delete downloaded .deb/.whl files afterwards (about 270 MB)")
+                    help="delete downloaded .deb/.whl files afterwards (about 770 MB)")
     ap.add_argument("--verify-only", action="store_true",
                     help="download nothing; fail if an image is missing or corrupt")
     args = ap.parse_args(argv)
