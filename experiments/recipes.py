@@ -77,7 +77,7 @@ EXPERIMENTS = {
     # refine and verify pools: 123 photos against 49 (BENCHMARKS.md, experiment more photos).
     "compact-more-photos": _pools("compact-more-photos", extra=True),
     # `compact` with the extra photos and the wide split's screenshots, night photos and people
-    # (scripts/fetch_data.py; 190 images against 49) in every stage's pool, the codec's to the
+    # (scripts/fetch_data.py; 186 images against 49) in every stage's pool, the codec's to the
     # verify's: the restorer's gains on blur, JPEG and low resolution do not carry to content its
     # 49 photos lack, and a refine stage alone trades them against the dimmed inputs' gain
     # (BENCHMARKS.md, the summary of the experiments).
