@@ -256,26 +256,44 @@ def test_extract_wheel_and_missing_member(tmp_path):
         fd.extract_wheel(whl, {"pkg/data/missing.png": tmp_path / "out" / "m.png"})
 
 
-def test_extract_deb_without_dpkg(tmp_path, monkeypatch):
-    """The ar fallback reads data.tar.* directly, so extraction works off Debian too."""
+def _deb(path: Path, members: dict[str, bytes]) -> Path:
+    """A .deb whose data.tar.xz holds `members` (name -> bytes)."""
     payload = io.BytesIO()
     with tarfile.open(fileobj=payload, mode="w:xz") as t:
-        info = tarfile.TarInfo("./usr/share/x/img.jpg")
-        info.size = 3
-        t.addfile(info, io.BytesIO(b"JPG"))
-    data = payload.getvalue()
-    deb = tmp_path / "x_1.0_all.deb"
-    with open(deb, "wb") as f:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            t.addfile(info, io.BytesIO(body))
+    with open(path, "wb") as f:
         f.write(b"!<arch>\n")
-        for name, body in ((b"debian-binary", b"2.0\n"), (b"data.tar.xz", data)):
+        for name, body in ((b"debian-binary", b"2.0\n"), (b"data.tar.xz", payload.getvalue())):
             f.write(name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6)
                     + b"100644".ljust(8) + str(len(body)).encode().ljust(10) + b"`\n")
             f.write(body + (b"\n" if len(body) % 2 else b""))
+    return path
+
+
+def test_extract_deb_without_dpkg(tmp_path, monkeypatch):
+    """The ar fallback reads data.tar.* directly, so extraction works off Debian too."""
+    deb = _deb(tmp_path / "x_1.0_all.deb", {"./usr/share/x/img.jpg": b"JPG"})
     monkeypatch.setattr(fd.shutil, "which", lambda name: None)
     fd.extract_deb(deb, {"./usr/share/x/img.jpg": tmp_path / "img.jpg"})
     assert (tmp_path / "img.jpg").read_bytes() == b"JPG"
     with pytest.raises(fd.FetchError, match="lacks"):
         fd.extract_deb(deb, {"./usr/share/x/none.jpg": tmp_path / "none.jpg"})
+
+
+def test_extract_deb_rcc_takes_resources_out_of_a_qt_resource_file(tmp_path, monkeypatch):
+    rcc = _rcc(3, {"a.webp": (0, b"RIFF-webp"), "c.bin": (4, b"zstd-frame")})
+    deb = _deb(tmp_path / "x_1.0_all.deb", {"./usr/share/x/game.rcc": rcc})
+    monkeypatch.setattr(fd.shutil, "which", lambda name: None)  # dpkg-deb wants a control.tar too
+    fd.extract_deb_rcc(deb, {"./usr/share/x/game.rcc::/res/a.webp": tmp_path / "out" / "a.webp"})
+    assert (tmp_path / "out" / "a.webp").read_bytes() == b"RIFF-webp"
+    for missing in ("/res/none.webp", "/res/c.bin"):  # absent, or compressed in a way we do not read
+        with pytest.raises(fd.FetchError, match="pinned member list"):
+            fd.extract_deb_rcc(deb, {f"./usr/share/x/game.rcc::{missing}": tmp_path / "out" / "x"})
+    with pytest.raises(fd.FetchError, match="lacks"):
+        fd.extract_deb_rcc(deb, {"./usr/share/x/other.rcc::/res/a.webp": tmp_path / "out" / "x"})
 
 
 def test_verify_only_reports_missing(tmp_path):
