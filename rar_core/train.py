@@ -203,7 +203,9 @@ def train_files(data: Path, extra: bool = False, wide: bool = False) -> list[Pat
     files = [data / i["file"] for i in images if i["split"] == "train"]
     if not files:
         raise SystemExit(f"no training images in {data}; run `python scripts/fetch_data.py --out {data}` first")
-    for split in [s for s, asked in (("extra", extra), ("wide", wide)) if asked]:
+    for split, asked in (("extra", extra), ("wide", wide)):
+        if not asked:
+            continue
         more = [data / i["file"] for i in images if i["split"] == split]
         if not more:
             raise SystemExit(f"this recipe trains on the {split} images too, and {path} lists none; "

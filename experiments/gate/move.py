@@ -57,10 +57,10 @@ def main() -> None:
         print(f"round {k + 1}: {c.sum()} rounds ({y.sum()} better); AUC comparison {auc(y, lo[c, k]):.2f}, "
               f"move {auc(y, d[c, k]):.2f}, smaller look-ahead ratio {auc(y, -d[c, k + 1] / d[c, k]):.2f}")
     log_d = np.log(d[:, : lo.shape[1]])
+    gain = ps[:, 1:] - ps[:, :-1]
+    c = (np.abs(gain) >= C.GATE_DB) & deg[:, None]
     for a in (0.0, 0.5, 1.0, 2.0):
         score = lo + a * log_d
-        gain = ps[:, 1:] - ps[:, :-1]
-        c = (np.abs(gain) >= C.GATE_DB) & deg[:, None]
         print(f"comparison + {a} log d: AUC, all rounds {auc(gain[c] > 0, score[c]):.2f}")
         for m in np.arange(0.0, 5.01, 0.5) + a * np.median(log_d):
             rej, acc = C.gate_rates(ps[deg], score[deg], m)
