@@ -82,6 +82,16 @@ EXPERIMENTS = {
     # 49 photos lack, and a refine stage alone trades them against the dimmed inputs' gain
     # (BENCHMARKS.md, the summary of the experiments).
     "compact-wide": replace(_pools("compact-wide", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True)),
+    # `compact-wide` cut to about 1 h 50 min on the slowest 2-core machine measured (a step costs
+    # 2.2x what it did on the machine docs/training.md was timed on): 16-18 % of each stage's
+    # steps, so a whole candidate trains, calibrates and benches inside one working session.
+    "compact-wide-short": replace(
+        _pools("compact-wide-short", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True),
+        codec=replace(COMPACT.codec, steps=1150), uir=replace(COMPACT.uir, steps=195),
+        lqa=replace(COMPACT.lqa, steps=350), connector=replace(COMPACT.connector, steps=35),
+        e2e=replace(COMPACT.e2e, steps=450), decoder=replace(COMPACT.decoder, steps=240),
+        refine=replace(COMPACT.refine, steps=240, pool=replace(COMPACT.refine.pool, extra=True, wide=True)),
+        verify=replace(COMPACT.verify, steps=165, pool=replace(COMPACT.verify.pool, extra=True, wide=True))),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).
