@@ -82,9 +82,9 @@ EXPERIMENTS = {
     # 49 photos lack, and a refine stage alone trades them against the dimmed inputs' gain
     # (BENCHMARKS.md, the summary of the experiments).
     "compact-wide": replace(_pools("compact-wide", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True)),
-    # `compact-wide` cut to about 1 h 50 min on the slowest 2-core machine measured (a step costs
-    # 2.2x what it did on the machine docs/training.md was timed on): 16-18 % of each stage's
-    # steps, so a whole candidate trains, calibrates and benches inside one working session.
+    # `compact-wide` at 16-18 % of each stage's steps: 1 h 55 min on the slowest 2-core machine
+    # measured, where `compact` takes about 10 h 56 min (docs/training.md), so that a whole
+    # candidate trains, calibrates and benches within three hours.
     "compact-wide-short": replace(
         _pools("compact-wide-short", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True),
         codec=replace(COMPACT.codec, steps=1150), uir=replace(COMPACT.uir, steps=195),
