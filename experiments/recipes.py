@@ -84,7 +84,8 @@ EXPERIMENTS = {
     "compact-wide": replace(_pools("compact-wide", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True)),
     # `compact-wide` at 16-18 % of each stage's steps: 1 h 55 min on the slowest 2-core machine
     # measured, where `compact` takes about 10 h 56 min (docs/training.md), so that a whole
-    # candidate trains, calibrates and benches within three hours.
+    # candidate trains, calibrates and benches within three hours. It learns nothing usable: the
+    # calibrated gate keeps every input (BENCHMARKS.md, experiment compact-wide-short).
     "compact-wide-short": replace(
         _pools("compact-wide-short", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True),
         codec=replace(COMPACT.codec, steps=1150), uir=replace(COMPACT.uir, steps=195),
