@@ -26,6 +26,9 @@ def _pools(name: str, refine_only: dict | None = None, **both) -> Recipe:
                    verify=replace(COMPACT.verify, pool=replace(COMPACT.verify.pool, **both)))
 
 
+# `compact` with the extra and wide splits in every stage's pool (the recipes compact-wide*).
+WIDE = replace(_pools("compact-wide", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True))
+
 EXPERIMENTS = {
     # The GPU stages of the model shipped before `compact` (commit 2cb633f): one H100, each stage
     # in a time budget (8.3 min in all, 14 loader processes); these are the step counts that ran.
@@ -81,18 +84,14 @@ EXPERIMENTS = {
     # verify's: the restorer's gains on blur, JPEG and low resolution do not carry to content its
     # 49 photos lack, and a refine stage alone trades them against the dimmed inputs' gain
     # (BENCHMARKS.md, the summary of the experiments).
-    "compact-wide": replace(_pools("compact-wide", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True)),
+    "compact-wide": WIDE,
     # `compact-wide` at 16-18 % of each stage's steps: 1 h 55 min on the slowest 2-core machine
     # measured, where `compact` takes about 10 h 56 min (docs/training.md), so that a whole
     # candidate trains, calibrates and benches within three hours. It learns nothing usable: the
     # calibrated gate keeps every input (BENCHMARKS.md, experiment compact-wide-short).
-    "compact-wide-short": replace(
-        _pools("compact-wide-short", extra=True, wide=True), pool=replace(COMPACT.pool, extra=True, wide=True),
-        codec=replace(COMPACT.codec, steps=1150), uir=replace(COMPACT.uir, steps=195),
-        lqa=replace(COMPACT.lqa, steps=350), connector=replace(COMPACT.connector, steps=35),
-        e2e=replace(COMPACT.e2e, steps=450), decoder=replace(COMPACT.decoder, steps=240),
-        refine=replace(COMPACT.refine, steps=240, pool=replace(COMPACT.refine.pool, extra=True, wide=True)),
-        verify=replace(COMPACT.verify, steps=165, pool=replace(COMPACT.verify.pool, extra=True, wide=True))),
+    "compact-wide-short": replace(WIDE, name="compact-wide-short", **{
+        stage: replace(WIDE.stage(stage), steps=steps) for stage, steps in
+        dict(codec=1150, uir=195, lqa=350, connector=35, e2e=450, decoder=240, refine=240, verify=165).items()}),
     # `compact` with a 5x learning rate in the verify stage: at 1e-4 its comparison loss ends near
     # chance on the answer token. The loss stayed where it was and the gate got worse
     # (BENCHMARKS.md, experiment verify lr 5e-4; not built in).
